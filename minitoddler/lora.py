@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .model import Linear, linear
+
 # Short target names (as on the command line) -> the HF Llama module names they select.
 TARGET_MODULES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
                   "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
@@ -78,7 +80,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
-        return F.linear(x, self.weight, self.bias) + update * self.scaling
+        return linear(x, self.weight, self.bias) + update * self.scaling
 
     def merged_weight(self) -> torch.Tensor:
         delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
@@ -115,7 +117,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for attr, child in list(parent.named_children()):
             if isinstance(child, LoRALinear):
-                plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                plain = Linear(child.in_features, child.out_features, bias=child.bias is not None,
                                   device=child.weight.device, dtype=child.weight.dtype)
                 with torch.no_grad():
                     plain.weight.copy_(child.merged_weight())

@@ -7,7 +7,7 @@ import torch
 
 from minitoddler.checkpoint import load_model, save_model
 from minitoddler.config import ModelConfig, preset
-from minitoddler.model import ToddlerLM
+from minitoddler.model import ToddlerLM, linear
 
 import transformers  # test-only dependency (requirements-dev.txt)
 
@@ -93,3 +93,21 @@ def test_config_json_roundtrip_keeps_unknown_keys(tmp_path):
     cfg.save(tmp_path / "config.json")
     back = ModelConfig.load(tmp_path / "config.json")
     assert back == cfg
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 48), (3, 5, 48), (40, 48)])
+def test_linear_few_rows_path_equals_f_linear(shape):
+    """`linear` takes weight @ x.T for <= 32 rows on CPU and F.linear otherwise: values and gradients
+    must equal F.linear's either way (the 40-row case checks the threshold's other side)."""
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    w = torch.randn(24, 48, requires_grad=True)
+    b = torch.randn(24, requires_grad=True)
+    ours = linear(x, w, b)
+    grads = torch.autograd.grad(ours.square().sum(), (x, w, b))
+    ref = torch.nn.functional.linear(x, w, b)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (x, w, b))
+    assert ours.shape == ref.shape == (*shape[:-1], 24)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4)
