@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from minitoddler.chat import IM_END, add_chat_tokens, child_replies
@@ -33,7 +32,7 @@ from minitoddler.data.prepare import PrepareConfig, prepare
 from minitoddler.lora import LoraConfig, apply_lora, merge_lora, parse_targets, save_adapter
 from minitoddler.sft import (DEFAULT_STAGES, FLAT_STAGES, build_examples, check_scores, collate, parse_stages,
                              plan_curriculum, read_pairs, response_loss_sum, split_off, stage_batch, stage_subsets)
-from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT
+from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 from minitoddler.trainer import (MetricsLog, NonFiniteLoss, StopFlag, autocast, check_finite, find_checkpoint,
                                  init_distributed, load_checkpoint, lr_at, make_optimizer, save_checkpoint,
                                  set_lr, wrap_for_training)
@@ -133,7 +132,7 @@ def main(cfg: SFTConfig) -> Path:
         if not ddp.is_main:
             data = Path(cfg.data) if cfg.data else default_pairs(out / "data")
             add_chat_tokens(model, cfg.tokenizer or cfg.model, None, cfg.system_prompt)
-    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))  # also non-minitoddler bases
+    tokenizer = load_tokenizer(tokenizer_dir, strict=False)  # also non-minitoddler bases
     pad_id = tokenizer.token_to_id("<|pad|>")
     pad_id = tokenizer.token_to_id(IM_END) if pad_id is None else pad_id  # padding is masked: any id works
     max_len = cfg.max_len or model.cfg.max_position_embeddings

@@ -19,7 +19,7 @@ from tokenizers import AddedToken, Tokenizer
 from torch import nn
 
 from .generate import generate
-from .tokenizer import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, IM_END, IM_START
+from .tokenizer import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, IM_END, IM_START, load_tokenizer
 
 ROLES = ("system", "user", "assistant")
 
@@ -163,10 +163,7 @@ def add_chat_tokens(model: nn.Module, tokenizer_dir: str | Path, out_dir: str | 
     `system_prompt` (so `apply_chat_template` renders conversations as the model was trained).
     """
     tokenizer_dir = Path(tokenizer_dir)
-    if not (tokenizer_dir / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{tokenizer_dir / 'tokenizer.json'} not found: pass the model's tokenizer "
-                                "directory (--tokenizer)")
-    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    tok = load_tokenizer(tokenizer_dir, strict=False)
     missing = [t for t in (IM_START, IM_END) if tok.token_to_id(t) is None]
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
     new_ids = [tok.token_to_id(t) for t in missing]

@@ -68,8 +68,11 @@ def save_tokenizer(tok: Tokenizer, out_dir) -> Path:
     return out_dir
 
 
-def load_tokenizer(directory) -> Tokenizer:
-    """The tokenizers.Tokenizer saved in directory (a tokenizer dir or an exported model dir)."""
+def load_tokenizer(directory, strict: bool = True) -> Tokenizer:
+    """The tokenizers.Tokenizer saved in directory (a tokenizer dir or an exported model dir).
+
+    strict: it must be a minitoddler tokenizer (our special tokens at our ids); strict=False takes any
+    tokenizer.json as it is (SmolLM2's, a judge's or teacher's)."""
     path = Path(directory) / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -77,7 +80,7 @@ def load_tokenizer(directory) -> Tokenizer:
             f"tokenizer directory; train one with `python -m minitoddler.data.shards --corpus CORPUS/cds --out DIR` "
             f"(writes DIR/tokenizer/) or minitoddler.tokenizer.train_tokenizer(texts, out_dir)")
     tok = Tokenizer.from_file(str(path))
-    for token_id, token in enumerate(SPECIAL_TOKENS):
+    for token_id, token in enumerate(SPECIAL_TOKENS if strict else ()):
         if tok.token_to_id(token) != token_id:
             raise ValueError(f"{path}: special token {token} should have id {token_id} but has "
                              f"{tok.token_to_id(token)}; this is not a minitoddler tokenizer")

@@ -1,6 +1,5 @@
 """eval.py end to end on a tiny random checkpoint: every task writes results.json / report.md, tasks
 accumulate in one run directory, --compare prints runs side by side, bad input fails clearly."""
-import csv
 import importlib.util
 import json
 import sys

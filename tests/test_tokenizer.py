@@ -79,3 +79,14 @@ def test_chat_template_is_chatml_with_the_toddler_system_prompt(tok_dir):
 def test_load_tokenizer_names_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no tokenizer.json in .*python -m minitoddler.data.shards"):
         load_tokenizer(tmp_path)
+
+
+def test_load_tokenizer_strict_refuses_a_foreign_tokenizer(tmp_path):
+    """A tokenizer whose special tokens sit at other ids (SmolLM2's, say) is refused by default, so a
+    minitoddler script never trains with wrong pad/BOS ids, and taken as it is with strict=False."""
+    from tokenizers import Tokenizer, models
+    foreign = Tokenizer(models.WordLevel({"<|im_start|>": 0, "<|endoftext|>": 1, "hi": 2}, unk_token="hi"))
+    foreign.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match="should have id 0 but has 1; this is not a minitoddler tokenizer"):
+        load_tokenizer(tmp_path)
+    assert load_tokenizer(tmp_path, strict=False).token_to_id("<|endoftext|>") == 1

@@ -28,13 +28,14 @@ from typing import Callable
 import torch
 
 from ..checkpoint import load_model
+from ..tokenizer import load_tokenizer
 from ..trainer import pick_device
 from .bert import load_bert
 from .bleu import BleuReward
 from .childlike import ChildlikeReward
 from .clarity import ClarityScorer
 from .coherence import CoherenceReward, read_score_range
-from .judge import JudgeReward, load_judge_tokenizer
+from .judge import JudgeReward
 from .length import LengthModel, LengthReward
 from .references import load_references
 from .similarity import SimilarityReward
@@ -86,13 +87,13 @@ def _coherence(o: dict) -> CoherenceReward:
 def _teacher(o: dict) -> TeacherReward:
     directory = need(o, "teacher_model", "teacher")
     refs = load_references(o["references"]) if o.get("references") else None
-    return TeacherReward(load_model(directory, _device(o)), load_judge_tokenizer(directory), refs,
+    return TeacherReward(load_model(directory, _device(o)), load_tokenizer(directory, strict=False), refs,
                          samples=o.get("teacher_samples", 10), batch_size=o.get("batch_size", 32))
 
 
 def _judge(o: dict) -> JudgeReward:
     directory = need(o, "judge_model", "judge")
-    return JudgeReward(load_model(directory, _device(o)), load_judge_tokenizer(directory),
+    return JudgeReward(load_model(directory, _device(o)), load_tokenizer(directory, strict=False),
                        o.get("judge_template", "chatml"), bool(o.get("judge_expected", False)))
 
 

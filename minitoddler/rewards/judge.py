@@ -17,7 +17,6 @@ the judge's next-token probabilities of "0".."5", renormalised over those six to
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
@@ -42,13 +41,6 @@ def parse_rating(answer: str) -> float | None:
     """The first number in the answer, clipped to [0, 5]; None when there is none."""
     m = _NUMBER.search(answer)
     return None if m is None else min(max(float(m.group()), 0.0), 5.0)
-
-
-def load_judge_tokenizer(directory: str | Path) -> Tokenizer:
-    path = Path(directory) / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the judge/teacher directory needs its tokenizer.json")
-    return Tokenizer.from_file(str(path))
 
 
 class JudgeReward:
