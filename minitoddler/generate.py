@@ -59,7 +59,7 @@ def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, te
     out = torch.empty((B, max_new_tokens), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     positions = mask.sum(-1, keepdim=True) - 1  # position of each row's last prompt token
-    logits = model(ids, attention_mask=mask if padded else None, cache=cache)[:, -1]
+    logits = model(ids, attention_mask=mask if padded else None, cache=cache, logits_to_keep=1)[:, -1]
     n = 0
     for n in range(1, max_new_tokens + 1):
         if temperature > 0:

@@ -156,12 +156,15 @@ class ToddlerLM(nn.Module):
                 nn.init.normal_(p, std=std)
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                logits_to_keep: int = 0) -> torch.Tensor:
         """ids (B, T) -> float32 logits (B, T, vocab).
 
         attention_mask: (B, past + T), 1 for real tokens, 0 for (left) padding; None = no padding.
         position_ids: (B, T); default = past + arange(T), or derived from attention_mask.
         cache: a `KVCache` to read past keys/values from and append this call's to.
+        logits_to_keep: > 0 returns the last that many positions' logits only (generation needs the
+        last one: the prompt's other logits would cost B * T * vocab * hidden multiply-adds for nothing).
         """
         B, T = ids.shape
         past = cache.length if cache is not None else 0
@@ -183,6 +186,8 @@ class ToddlerLM(nn.Module):
             x = layer(x, cos, sin, mask, cache, i)
         if cache is not None:
             cache.length += T
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         return self.lm_head(self.norm(x)).float()
 
     @staticmethod

@@ -111,3 +111,13 @@ def test_linear_few_rows_path_equals_f_linear(shape):
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4)
+
+
+def test_logits_to_keep_returns_the_last_positions():
+    torch.manual_seed(0)
+    model = ToddlerLM(preset("tiny")).eval()
+    ids = torch.randint(0, 8192, (2, 9))
+    with torch.no_grad():
+        full = model(ids)
+        torch.testing.assert_close(model(ids, logits_to_keep=1), full[:, -1:])
+        torch.testing.assert_close(model(ids, logits_to_keep=3), full[:, -3:])
