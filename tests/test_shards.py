@@ -149,3 +149,28 @@ def test_cli_trains_a_tokenizer_when_none_is_given(tmp_path, capsys):
     main(["--corpus", str(tmp_path), "--out", str(tmp_path / "shards2"), "--tokenizer", str(tmp_path / "shards/tokenizer")])
     assert np.array_equal(np.fromfile(tmp_path / "shards/train.bin", dtype=np.uint16),
                           np.fromfile(tmp_path / "shards2/train.bin", dtype=np.uint16))
+
+
+def _documents(shard_dir, tokenizer):
+    stream = np.fromfile(shard_dir / "train.bin", dtype=np.uint16).tolist()
+    docs, current = [], []
+    for t in stream[1:]:
+        if t == 0:
+            docs.append(tokenizer.decode(current))
+            current = []
+        else:
+            current.append(t)
+    return docs
+
+
+def test_shuffle_seed_packs_the_same_documents_in_a_seeded_order(tmp_path, tokenizer):
+    """Triplets are shuffled before packing, so overlapping neighbours do not share a window."""
+    paths = {"train": [write_jsonl(tmp_path / "train.jsonl", DOCS[:100])]}
+    plain = _documents(build_shards(paths, tokenizer, tmp_path / "plain"), tokenizer)
+    first = _documents(build_shards(paths, tokenizer, tmp_path / "a", shuffle_seed=0), tokenizer)
+    again = _documents(build_shards(paths, tokenizer, tmp_path / "b", shuffle_seed=0), tokenizer)
+    other = _documents(build_shards(paths, tokenizer, tmp_path / "c", shuffle_seed=1), tokenizer)
+    assert plain == [d.lower() for d in DOCS[:100]]
+    assert sorted(first) == sorted(plain) and first != plain
+    assert first == again and other != first
+    assert read_meta(tmp_path / "a")["shuffle_seed"] == 0 and read_meta(tmp_path / "plain")["shuffle_seed"] is None
