@@ -79,13 +79,13 @@ class ScriptedJudge(ToddlerLM):
         super().__init__(cfg)
         self.first, self.then = first, then
 
-    def forward(self, ids, attention_mask=None, position_ids=None, cache=None):
+    def forward(self, ids, attention_mask=None, position_ids=None, cache=None, logits_to_keep=0):
         B, T = ids.shape
         prefill = cache is None or cache.length == 0
         if cache is not None:
             cache.length += T
         row = self.first if prefill else torch.nn.functional.one_hot(torch.tensor(self.then), self.cfg.vocab_size) * 50.0
-        return row.float().expand(B, T, -1).clone()
+        return row.float().expand(B, logits_to_keep or T, -1).clone()
 
 
 def test_judge_parses_greedy_answers_and_counts_failures(lm):
