@@ -80,8 +80,9 @@ def load_tokenizer(directory, strict: bool = True) -> Tokenizer:
             f"tokenizer directory; train one with `python -m minitoddler.data.shards --corpus CORPUS/cds --out DIR` "
             f"(writes DIR/tokenizer/) or minitoddler.tokenizer.train_tokenizer(texts, out_dir)")
     tok = Tokenizer.from_file(str(path))
-    for token_id, token in enumerate(SPECIAL_TOKENS if strict else ()):
-        if tok.token_to_id(token) != token_id:
-            raise ValueError(f"{path}: special token {token} should have id {token_id} but has "
-                             f"{tok.token_to_id(token)}; this is not a minitoddler tokenizer")
+    if strict:
+        for token_id, token in enumerate(SPECIAL_TOKENS):
+            if tok.token_to_id(token) != token_id:
+                raise ValueError(f"{path}: special token {token} should have id {token_id} but has "
+                                 f"{tok.token_to_id(token)}; this is not a minitoddler tokenizer")
     return tok
