@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from minitoddler.chat import IM_END, add_chat_tokens, child_replies
+from minitoddler.chatml import IM_END, add_chat_tokens, child_replies
 from minitoddler.checkpoint import load_model, save_model
 from minitoddler.cli import parse_config
 from minitoddler.data.prepare import PrepareConfig, prepare

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .chat import caregiver_chat, render_chat
+from .chatml import caregiver_chat, render_chat
 
 
 @dataclass

@@ -7,7 +7,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer
 
-from minitoddler.chat import (IM_END, IM_START, add_chat_tokens, caregiver_chat, render_chat,
+from minitoddler.chatml import (IM_END, IM_START, add_chat_tokens, caregiver_chat, render_chat,
                               template_system_prompt)
 from minitoddler.config import preset
 from minitoddler.model import ToddlerLM

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import train_sft
-from minitoddler.chat import IM_END
+from minitoddler.chatml import IM_END
 from minitoddler.checkpoint import save_model
 from minitoddler.cli import parse_config
 from minitoddler.config import preset

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..chat import caregiver_chat, render_chat
+from ..chatml import caregiver_chat, render_chat
 from ..generate import generate
 from .minimal_pairs import json_items
 from .words import SPEAKER_TAG, read_aoa, read_cdi_words, utterances, words
@@ -79,7 +79,7 @@ def stop_ids(tokenizer, fmt: str, eos_ids) -> list[int]:
         im_end = tokenizer.token_to_id("<|im_end|>")
         if im_end is None:
             raise ValueError("the tokenizer has no <|im_end|> token; use --format dialogue, or give the model "
-                             "ChatML tokens (minitoddler.chat.add_chat_tokens)")
+                             "ChatML tokens (minitoddler.chatml.add_chat_tokens)")
         stops.append(im_end)
     else:
         size = tokenizer.get_vocab_size(with_added_tokens=True)

@@ -21,7 +21,7 @@ import re
 import torch
 from tokenizers import Tokenizer
 
-from ..chat import render_chat
+from ..chatml import render_chat
 from ..generate import generate
 from ..model import ToddlerLM
 from ..tokenizer import IM_END

@@ -112,7 +112,7 @@ def template_system_prompt(tokenizer_dir: str | Path) -> str | None:
         template = jinja.read_text()
     if not isinstance(template, str) or IM_START not in template or IM_END not in template:
         raise ValueError(f"{path}: no ChatML chat_template (<|im_start|>/<|im_end|>); add the ChatML tokens "
-                         "with minitoddler.chat.add_chat_tokens, which writes minitoddler's template")
+                         "with minitoddler.chatml.add_chat_tokens, which writes minitoddler's template")
     found = re.findall(r"<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", template, flags=re.S)
     if not found:
         return None
