@@ -29,12 +29,14 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
 @torch.no_grad()
 def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, stop_ids=(), seed: int | None = None,
-             pad_id: int = 0) -> list[list[int]]:
+             pad_id: int = 0, on_token=None) -> list[list[int]]:
     """Complete each prompt (a list of token ids); returns the new tokens only, per prompt.
 
     temperature 0 is greedy. A completion ends after its first token in `stop_ids` (that token is
     kept, so callers can tell a finished reply from a truncated one) or after max_new_tokens.
-    seed makes sampling reproducible regardless of the global RNG.
+    seed makes sampling reproducible regardless of the global RNG. on_token, if given, is called after
+    each step with that step's tokens, one per row (pad_id for rows already finished), so a server can
+    stream them; returning True from it stops generation there.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
@@ -70,7 +72,8 @@ def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, te
         token = torch.where(done, pad_id, token)
         out[:, n - 1] = token
         done |= torch.isin(token, stop)
-        if n == max_new_tokens or bool(done.all()):
+        stop_now = on_token is not None and on_token(token.tolist()) is True
+        if n == max_new_tokens or stop_now or bool(done.all()):
             break
         positions = positions + 1
         if padded:

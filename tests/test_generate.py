@@ -98,3 +98,17 @@ def test_token_logprobs_left_padded_equal_unpadded(model):
         padded = token_logprobs(model, ids, mask)
         alone = token_logprobs(model, ids[:1, 2:])
     assert torch.allclose(padded[0, 2:], alone[0], atol=1e-5)
+
+
+def test_on_token_sees_every_step_and_can_stop(model):
+    plain = generate(model, PROMPTS, max_new_tokens=12)
+    steps = []
+    assert generate(model, PROMPTS, max_new_tokens=12, on_token=steps.append) == plain  # observing changes nothing
+    assert [list(col) for col in zip(*steps)] == plain
+    stop = plain[1][3]  # row 1 ends at step 4; later steps report pad_id 0 for it
+    steps = []
+    generate(model, PROMPTS, max_new_tokens=12, stop_ids=[stop], on_token=steps.append)
+    assert [s[1] for s in steps][:4] == plain[1][:4] and all(s[1] == 0 for s in steps[4:])
+    seen = []
+    short = generate(model, PROMPTS, max_new_tokens=12, on_token=lambda t: seen.append(t) or len(seen) == 5)
+    assert len(seen) == 5 and short == [c[:5] for c in plain]
