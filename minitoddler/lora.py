@@ -8,6 +8,7 @@ alone (A, B and the settings) saves as `adapter_model.safetensors` + `adapter_co
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -77,8 +78,11 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # what nn.Linear (and PEFT) use for A
         self.scaling = alpha / rank
         self.dropout = nn.Dropout(dropout)
+        self.enabled = True  # False: the base layer alone (see `lora_disabled`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return linear(x, self.weight, self.bias)
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
         return linear(x, self.weight, self.bias) + update * self.scaling
 
@@ -125,6 +129,20 @@ def merge_lora(model: nn.Module) -> nn.Module:
                         plain.bias.copy_(child.bias)
                 setattr(parent, attr, plain)
     return model
+
+
+@contextlib.contextmanager
+def lora_disabled(model: nn.Module):
+    """Run `model` as its base model: every LoRA update switched off inside the block. The RL reference
+    policy is the policy with its adapters off, so no second copy of the weights is needed."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for m in layers:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.enabled = True
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

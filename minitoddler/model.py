@@ -157,7 +157,7 @@ class ToddlerLM(nn.Module):
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int = 0) -> torch.Tensor:
+                logits_to_keep: int = 0, hidden_only: bool = False) -> torch.Tensor:
         """ids (B, T) -> float32 logits (B, T, vocab).
 
         attention_mask: (B, past + T), 1 for real tokens, 0 for (left) padding; None = no padding.
@@ -165,6 +165,8 @@ class ToddlerLM(nn.Module):
         cache: a `KVCache` to read past keys/values from and append this call's to.
         logits_to_keep: > 0 returns the last that many positions' logits only (generation needs the
         last one: the prompt's other logits would cost B * T * vocab * hidden multiply-adds for nothing).
+        hidden_only: return the final-norm hidden states (B, T, hidden) instead of logits, in the model's
+        dtype (the RL losses apply `lm_head` chunk by chunk; the PPO value head reads them).
         """
         B, T = ids.shape
         past = cache.length if cache is not None else 0
@@ -188,7 +190,8 @@ class ToddlerLM(nn.Module):
             cache.length += T
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        return self.lm_head(self.norm(x)).float()
+        x = self.norm(x)
+        return x if hidden_only else self.lm_head(x).float()
 
     @staticmethod
     def attention_bias_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
