@@ -55,18 +55,21 @@ def hand_rows(model, seq):
 
 def hand_score(model, prefix, scored, bow=None):
     """Sum of log p(token) over the scored tokens (the first token of a sequence is never scored); with
-    `bow` (a set of word-initial ids), minicons' beginning-of-word correction, spelled out."""
+    `bow` (a set of word-initial ids), the beginning-of-word correction spelled out: the first scored
+    token pays nothing for starting a word (no scored word before it did), as minicons does; the test
+    against minicons itself is test_minicons_convention_reproduces_minicons."""
     seq = prefix + scored
     rows = hand_rows(model, seq)
+    first = max(len(prefix), 1)
     total = 0.0
-    for t in range(max(len(prefix), 1), len(seq)):
+    for t in range(first, len(seq)):
         total += rows[t - 1][seq[t]]
         if bow is not None:
             p_bow_after = math.log(sum(math.exp(rows[t][b]) for b in bow))  # a new word starts after t
             p_bow_here = math.log(sum(math.exp(rows[t - 1][b]) for b in bow))  # a new word starts at t
             if t == len(seq) - 1 or seq[t + 1] in bow:
                 total += p_bow_after
-            if t >= 2 and seq[t] in bow:
+            if t > first and seq[t] in bow:
                 total -= p_bow_here
     return total
 
@@ -167,3 +170,52 @@ def test_random_model_is_near_chance_on_zorro(model, tokenizer, shared_data):
     results, rows = evaluate_pairs(model, tokenizer, pairs)
     assert results["n_pairs"] == 600 and len(rows) == 600 and len(results["paradigms"]) == 6
     assert 0.35 < results["macro_accuracy"] < 0.65
+
+
+def test_minicons_convention_reproduces_minicons(tokenizer, shared_data, tmp_path):
+    """`--convention minicons` against minicons itself (its IncrementalLMScorer on transformers' Llama,
+    loading the same directory): BLiMP and Zorro sentences (`sequence_score`) and dialogue replies given
+    the caregiver line (`conditional_score`, separator " "), with and without the correction."""
+    from minicons import scorer
+
+    from minitoddler.checkpoint import load_model, save_model
+    from minitoddler.tokenizer import load_tokenizer, train_tokenizer
+
+    zorro = read_zorro(shared_data / "eval" / "zorro" / "npi_licensing-matrix_question.txt")[:6]
+    blimp = [json.loads(l) for l in (shared_data / "eval" / "blimp" / "anaphor_gender_agreement.jsonl")
+             .read_text().splitlines()[:6]]
+    dialogue = json.loads((shared_data / "eval" / "dialogue-minimal-pairs" / "dialogue_eval_words.json").read_text())
+    sentences = [p.good for p in zorro] + [p.bad for p in zorro] + \
+        [b["sentence_good"] for b in blimp] + [b["sentence_bad"] for b in blimp]
+    dialogue = dialogue[:8]
+    texts = sentences + [f"{d['prompt']} {d['chosen']} {d['rejected']}" for d in dialogue]
+    train_tokenizer(texts * 3, tmp_path / "tok", vocab_size=400)
+    tok = load_tokenizer(tmp_path / "tok")
+    torch.manual_seed(1)
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      initializer_range=0.3, bos_token_id=0, eos_token_id=0, pad_token_id=3)
+    save_model(ToddlerLM(cfg).eval(), tmp_path / "m", tokenizer=tmp_path / "tok")
+    ours = load_model(tmp_path / "m")
+    reference = scorer.IncrementalLMScorer(str(tmp_path / "m"), device="cpu")
+    total = lambda x: x.sum(0).item()  # noqa: E731  (minicons' reduction: summed log-probability)
+
+    sentence_pairs = [Pair("s", a, b) for a, b in zip(sentences[0::2], sentences[1::2])]
+    dialogue_pairs = [Pair("d", d["chosen"], d["rejected"], context=d["prompt"]) for d in dialogue]
+    for bow in (False, True):
+        want = reference.sequence_score(sentences, reduction=total, bow_correction=bow)
+        good, bad = score_pairs(ours, tok, sentence_pairs, "minicons", bow_correction=bow)
+        assert torch.stack((good, bad), 1).flatten().tolist() == pytest.approx(want, abs=2e-4)
+        prompts = [d["prompt"] for d in dialogue]
+        want_good = reference.conditional_score(prompts, [d["chosen"] for d in dialogue], reduction=total,
+                                                bow_correction=bow)
+        want_bad = reference.conditional_score(prompts, [d["rejected"] for d in dialogue], reduction=total,
+                                               bow_correction=bow)
+        good, bad = score_pairs(ours, tok, dialogue_pairs, "minicons", bow_correction=bow)
+        assert good.tolist() == pytest.approx(want_good, abs=2e-4)
+        assert bad.tolist() == pytest.approx(want_bad, abs=2e-4)
+    # The correction is not a no-op on these pairs, and the first reply token (" *") begins a word:
+    # the case where a "correct every word-initial token" rule would differ from minicons.
+    assert tok.id_to_token(tok.encode(dialogue[0]["prompt"] + " " + dialogue[0]["chosen"]).ids[
+        len(tok.encode(dialogue[0]["prompt"]).ids)]).startswith("Ġ")
+    assert not torch.allclose(good, score_pairs(ours, tok, dialogue_pairs, "minicons")[0], atol=0.1)

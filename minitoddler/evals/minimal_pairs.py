@@ -246,11 +246,17 @@ def encode(tokenizer, text: str, context: str = "", convention: str = "bos",
            bos_id: int | None = None) -> tuple[list[int], list[int]]:
     """(prefix ids, scored ids) for `text`, conditioned on `context` when given.
 
-    Context and text are tokenized together (as the model saw them in training) and split where the
-    text begins, so the boundary tokenizes exactly as in running dialogue."""
+    Context and text are tokenized together (as the model saw them in training). "bos" splits them where
+    the text begins, so the boundary tokenizes exactly as in running dialogue. "minicons" does what
+    minicons' `conditional_score` does: the tokenizer's own special tokens are added (none for ours), and
+    the prefix is as many tokens as the context alone encodes to."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    if context:
+    if convention == "minicons":
+        ids = tokenizer.encode(context + JOINERS[convention] + text if context else text).ids
+        cut = len(tokenizer.encode(context).ids) if context else 0
+        prefix, scored = list(ids[:cut]), list(ids[cut:])
+    elif context:
         enc = tokenizer.encode(context + JOINERS[convention] + text, add_special_tokens=False)
         cut = 0
         while cut < len(enc.ids) and enc.offsets[cut][1] <= len(context):
@@ -271,15 +277,15 @@ def bow_token_mask(tokenizer, vocab_size: int) -> torch.Tensor:
     """(vocab_size,) bool: the tokens that begin a word, found as minicons does: the marker a lone space
     encodes to (GPT-2's "Ġ", SentencePiece's "▁") starts every word-initial token."""
     space = tokenizer.encode(" ", add_special_tokens=False).ids
-    special = space and space[0] in tokenizer.get_added_tokens_decoder()  # e.g. an unknown-token id
-    marker = tokenizer.id_to_token(space[0])[:1] if space and not special else ""
+    added = tokenizer.get_added_tokens_decoder()
+    marker = tokenizer.id_to_token(space[0])[:1] if space and space[0] not in added else ""  # not e.g. <unk>
     if not marker:
         raise ValueError("this tokenizer marks no word beginnings (a space does not encode to a marker "
                          "token such as 'Ġ'), so the beginning-of-word correction does not apply")
     mask = torch.zeros(vocab_size, dtype=torch.bool)
     for token, i in tokenizer.get_vocab(with_added_tokens=True).items():
-        if i < vocab_size and token.startswith(marker):
-            mask[i] = True
+        if i < vocab_size and (token.startswith(marker) or (i in added and added[i].lstrip)):
+            mask[i] = True  # an added token that strips the space before it begins a word too (minicons)
     return mask
 
 
@@ -317,7 +323,8 @@ def bow_corrected_logprobs(model, prefixes: list[list[int]], continuations: list
     A word's probability should include that it ends, so each word-final token t (the last token, or one
     followed by a word-initial token) gains log P(next token begins a word | tokens <= t); and the
     word-initial tokens lose log P(a word begins here | tokens < t), which the previous word already
-    paid for. As in minicons, the first scored token of a sequence (position 1) keeps its full score.
+    paid for. The first scored token keeps its full score (no scored word before it paid for its start):
+    the first sentence token, or the first reply token after a caregiver line, as in minicons.
     """
     device = model.embed_tokens.weight.device
     seqs = [list(p) + list(c) for p, c in zip(prefixes, continuations)]
@@ -335,7 +342,7 @@ def bow_corrected_logprobs(model, prefixes: list[list[int]], continuations: list
     first = torch.tensor([max(len(p), 1) for p in prefixes])[:, None]
     bow = is_bow[ids]                                                                # (B, W)
     word_final = (t == last) | torch.cat((bow[:, 2:], torch.zeros(len(seqs), 1, dtype=torch.bool)), 1)
-    word_initial = (t >= 2) & bow[:, 1:]
+    word_initial = (t > first) & bow[:, 1:]
     score = tok_lp + torch.where(word_final, bow_lp[:, 1:], 0.0) - torch.where(word_initial, bow_lp[:, :-1], 0.0)
     scored = (t >= first) & (t <= last)
     return torch.where(scored, score, 0.0).sum(-1)
