@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,14 +18,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from minitoddler.checkpoint import model_from_arg, save_model
 from minitoddler.cli import parse_config
 from minitoddler.data.shards import TokenLoader, default_shards, read_meta, shard_tokenizer_dir
-from minitoddler.trainer import (MetricsLog, NonFiniteLoss, StopFlag, autocast, check_finite,
-                                 device_peak_flops, find_checkpoint, grad_accum_steps, init_distributed,
-                                 load_checkpoint, lr_at, make_optimizer, save_checkpoint, set_lr, unwrap,
+from minitoddler.trainer import (MetricsLog, Progress, StopFlag, autocast, check_finite, device_peak_flops,
+                                 due, grad_accum_steps, lr_at, make_optimizer, resume_checkpoint,
+                                 save_checkpoint, set_lr, start_run, stop_on_nonfinite, unwrap,
                                  wrap_for_training)
 
 
@@ -90,10 +88,7 @@ def evaluate(model, loader: TokenLoader, batches: int, device, byte_lengths: tor
 
 
 def main(cfg: PretrainConfig) -> Path:
-    ddp, device = init_distributed(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
     if cfg.data:
         shard_dir = Path(cfg.data)
     else:
@@ -125,14 +120,9 @@ def main(cfg: PretrainConfig) -> Path:
     ckpt_dir = out / "checkpoint"
     start = 0
     if cfg.resume:
-        found = find_checkpoint(ckpt_dir)
-        if found is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start")
-        state = load_checkpoint(found, model, optimizer)
+        state = resume_checkpoint(ckpt_dir, model, optimizer, is_main=ddp.is_main)
         start = state["step"]
         loader.load_state_dict(state["loader"])
-        if ddp.is_main:
-            print(f"resumed from {found} at step {start}")
 
     train_model = wrap_for_training(model, ddp, device, cfg.compile)
     log = MetricsLog(out, enabled=ddp.is_main)
@@ -149,12 +139,9 @@ def main(cfg: PretrainConfig) -> Path:
             save_checkpoint(ckpt_dir, model, optimizer, step,
                             {"loader": loader.state_dict(), "config": asdict(cfg)}, tokenizer=tokenizer_dir)
 
-    interactive = sys.stderr.isatty() and ddp.is_main
-    bar = tqdm(total=cfg.steps, initial=start, disable=not interactive, dynamic_ncols=True)
+    progress = Progress(cfg.steps, start, ddp.is_main)
     val_loss = val_bpb = float("nan")
-    t_start = time.time()
-    step = start
-    try:
+    with stop_on_nonfinite(ckpt_dir):
         for step in range(start, cfg.steps):
             t0 = time.time()
             lr = lr_at(step, cfg.steps, cfg.lr, warmup, cfg.schedule, cfg.min_lr_ratio)
@@ -180,37 +167,29 @@ def main(cfg: PretrainConfig) -> Path:
             done = step + 1
             tok_s = cfg.batch_tokens / dt
             mfu = flops_per_step / dt / peak
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            progress.update(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
+            if due(done, cfg.log_every, cfg.steps):
                 log.write(step=done, loss=loss_value, lr=lr, grad_norm=grad_norm, tok_s=tok_s, mfu=mfu,
-                          tokens=done * cfg.batch_tokens, time=time.time() - t_start)
-                if not interactive and ddp.is_main:
-                    print(f"step {done}/{cfg.steps} loss {loss_value:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s "
-                          f"mfu {100 * mfu:.1f}%", flush=True)
-            if done % cfg.eval_every == 0 or done == cfg.steps:
+                          tokens=done * cfg.batch_tokens, time=progress.elapsed)
+                progress.log(done, loss=loss_value, lr=lr, tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
+            if due(done, cfg.eval_every, cfg.steps):
                 val_loss, val_bpb = evaluate(model, val_loader(), eval_batches, device, byte_lengths)
                 log.write(step=done, val_loss=val_loss, val_bpb=val_bpb)
-                if ddp.is_main:
-                    tqdm.write(f"step {done}: val loss {val_loss:.4f}, {val_bpb:.4f} bits/byte")
-            stopping = stop.requested
-            if done % cfg.save_every == 0 or stopping:
+                progress.note(f"step {done}: val loss {val_loss:.4f}, {val_bpb:.4f} bits/byte")
+            stopping = stop.requested  # read once: a signal between two reads must not skip the save
+            if due(done, cfg.save_every, cfg.steps) or stopping:
                 save(done)
             if stopping:
+                progress.close()
                 if ddp.is_main:
                     print(f"stopped at step {done}; resume with --resume --out {out}")
                 return ckpt_dir
-    except NonFiniteLoss as e:
-        bar.close()
-        raise SystemExit(f"error: {e} Last good checkpoint: {find_checkpoint(ckpt_dir) or 'none yet'}")
-    bar.close()
-    save(cfg.steps)
+    progress.close()
     final = out / "final"
     if ddp.is_main:
         save_model(model, final, tokenizer=tokenizer_dir)
-        elapsed = time.time() - t_start
         print(f"done: {cfg.steps - start} steps, {(cfg.steps - start) * cfg.batch_tokens:,} tokens in "
-              f"{elapsed:.0f}s | final val loss {val_loss:.4f} ({val_bpb:.4f} bits/byte) | "
+              f"{progress.elapsed:.0f}s | final val loss {val_loss:.4f} ({val_bpb:.4f} bits/byte) | "
               f"model: {final} | metrics: {out / 'metrics.jsonl'}")
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -15,15 +15,12 @@ LoRA with --lora-rank N (the merged model and the adapter alone are both exporte
 from __future__ import annotations
 
 import contextlib
-import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from minitoddler.chatml import IM_END, add_chat_tokens, child_replies
 from minitoddler.checkpoint import load_model, save_model
@@ -33,9 +30,9 @@ from minitoddler.lora import LoraConfig, apply_lora, merge_lora, parse_targets, 
 from minitoddler.sft import (DEFAULT_STAGES, FLAT_STAGES, build_examples, check_scores, collate, parse_stages,
                              plan_curriculum, read_pairs, response_loss_sum, split_off, stage_batch, stage_subsets)
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
-from minitoddler.trainer import (MetricsLog, NonFiniteLoss, StopFlag, autocast, check_finite, find_checkpoint,
-                                 init_distributed, load_checkpoint, lr_at, make_optimizer, save_checkpoint,
-                                 set_lr, wrap_for_training)
+from minitoddler.trainer import (MetricsLog, Progress, StopFlag, autocast, check_finite, due, lr_at,
+                                 make_optimizer, resume_checkpoint, save_checkpoint, set_lr, start_run,
+                                 stop_on_nonfinite, wrap_for_training)
 
 
 @dataclass
@@ -112,12 +109,9 @@ def main(cfg: SFTConfig) -> Path:
                          f"{f' ({cfg.model} is not one)' if cfg.model else ''}. Pretrain one first, e.g. "
                          "`python train_pretrain.py --model tiny --out runs/pre --device cpu`, "
                          "then `python train_sft.py --model runs/pre/final`")
-    ddp, device = init_distributed(cfg.device)
+    ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
     if cfg.batch_size % ddp.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {ddp.world_size} processes")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
 
     # Model and tokenizer, with the ChatML tokens added if the base lacks them.
     model = load_model(cfg.model, device)
@@ -172,19 +166,7 @@ def main(cfg: SFTConfig) -> Path:
              "skipped": skipped}
     optimizer = make_optimizer(model, stages[0].lr, cfg.weight_decay, device=device)
     ckpt_dir = out / "checkpoint"
-    start = 0
-    if cfg.resume:
-        found = find_checkpoint(ckpt_dir)
-        if found is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start")
-        saved = json.loads((found / "trainer_state.json").read_text())["setup"]
-        changed = {k: (saved.get(k), v) for k, v in setup.items() if saved.get(k) != v}
-        if changed:
-            raise ValueError(f"--resume: this run's data, stages or settings differ from the checkpoint's in "
-                             f"{found}: " + "; ".join(f"{k}: was {a}, now {b}" for k, (a, b) in changed.items()))
-        start = load_checkpoint(found, model, optimizer)["step"]
-        if ddp.is_main:
-            print(f"resumed from {found} at step {start}")
+    start = resume_checkpoint(ckpt_dir, model, optimizer, setup, ddp.is_main)["step"] if cfg.resume else 0
 
     sample_prompts = [r["prompt"] for r in val_pairs[:cfg.samples]]
     before = child_replies(model, tokenizer, sample_prompts, cfg.system_prompt) \
@@ -212,12 +194,10 @@ def main(cfg: SFTConfig) -> Path:
             save_checkpoint(ckpt_dir, model, optimizer, step, {"setup": setup, "config": asdict(cfg)},
                             tokenizer=tokenizer_dir)
 
-    interactive = sys.stderr.isatty() and ddp.is_main
-    bar = tqdm(total=steps, initial=start, disable=not interactive, dynamic_ncols=True)
+    progress = Progress(steps, start, ddp.is_main)
     boundaries = [sum(p.steps for p in plans[:i]) for i in range(len(plans) + 1)]
     val_loss = float("nan")
-    t_start = time.time()
-    try:
+    with stop_on_nonfinite(ckpt_dir):
         for step in range(start, steps):
             t0 = time.time()
             si = max(i for i in range(len(plans)) if boundaries[i] <= step)
@@ -249,31 +229,24 @@ def main(cfg: SFTConfig) -> Path:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
-            bar.update(1)
-            bar.set_postfix(stage=si + 1, loss=f"{loss_value:.3f}")
-            if done % cfg.log_every == 0 or done == steps:
+            progress.update(stage=si + 1, loss=f"{loss_value:.3f}")
+            if due(done, cfg.log_every, steps):
                 log.write(step=done, stage=si + 1, loss=loss_value, lr=lr, grad_norm=grad_norm,
-                          response_tokens=n_targets, step_time=time.time() - t0, time=time.time() - t_start)
-                if not interactive and ddp.is_main:
-                    print(f"step {done}/{steps} stage {si + 1} loss {loss_value:.4f} lr {lr:.2e}", flush=True)
-            stage_end = done in boundaries
-            if done % cfg.eval_every == 0 or stage_end or done == steps:
+                          response_tokens=n_targets, step_time=time.time() - t0, time=progress.elapsed)
+                progress.log(done, stage=si + 1, loss=loss_value, lr=lr)
+            if due(done, cfg.eval_every, steps) or done in boundaries:  # and at the end of each stage
                 val_loss = evaluate(model, val_examples, cfg.device_batch_size, pad_id, device, ddp)
                 log.write(step=done, stage=si + 1, val_loss=val_loss)
-                if ddp.is_main:
-                    tqdm.write(f"step {done} (stage {si + 1}): val loss {val_loss:.4f} per response token")
+                progress.note(f"step {done} (stage {si + 1}): val loss {val_loss:.4f} per response token")
             stopping = stop.requested  # read once: a signal between two reads must not skip the save
-            if done % cfg.save_every == 0 or stopping:
+            if due(done, cfg.save_every, steps) or stopping:
                 save(done)
             if stopping:
+                progress.close()
                 if ddp.is_main:
                     print(f"stopped at step {done}; resume with --resume --out {out}")
                 return ckpt_dir
-    except NonFiniteLoss as e:
-        bar.close()
-        raise SystemExit(f"error: {e} Last good checkpoint: {find_checkpoint(ckpt_dir) or 'none yet'}")
-    bar.close()
-    save(steps)
+    progress.close()
     final = out / "final"
     if ddp.is_main:
         if lora:
@@ -284,7 +257,7 @@ def main(cfg: SFTConfig) -> Path:
         for i, (prompt, reply) in enumerate(zip(sample_prompts, after)):
             was = f"   (before: {before[i]!r})" if before else ""
             print(f"  caregiver: {prompt!r}\n  child:     {reply!r}{was}")
-        print(f"done: {steps - start} steps in {time.time() - t_start:.0f}s | final val loss {val_loss:.4f} "
+        print(f"done: {steps - start} steps in {progress.elapsed:.0f}s | final val loss {val_loss:.4f} "
               f"per response token | model: {final}" + (f" | adapter: {out / 'adapter'}" if lora else "")
               + f" | metrics: {out / 'metrics.jsonl'}")
     if dist.is_initialized():

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from .checkpoint import load_state, read_safetensors, save_model
 
@@ -136,6 +137,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 def check_finite(loss: torch.Tensor, step: int) -> float:
+    """The loss as a float; NonFiniteLoss if it is NaN/inf."""
     value = loss.item()
     if not math.isfinite(value):
         raise NonFiniteLoss(f"loss is {value} at step {step}; stopping without saving (the last good "
@@ -186,10 +188,12 @@ def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
 
 
 def save_checkpoint(directory: str | Path, model, optimizer, step: int, extra: dict,
-                    tokenizer: str | Path | None = None) -> Path:
-    """Write model (HF layout), optimizer, RNG and `extra` (data position, config, ...) to
-    `directory`, atomically as a whole: everything goes to a temporary directory which then
-    replaces the old one, so a crash at any moment leaves one complete checkpoint."""
+                    tokenizer: str | Path | None = None,
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write model (HF layout), optimizer, RNG, `extra` (JSON: data position, config, a KL
+    controller, ...) and `extra_tensors` (a value head, ...; in extra.safetensors) to `directory`,
+    atomically as a whole: everything goes to a temporary directory which then replaces the old
+    one, so a crash at any moment leaves one complete checkpoint."""
     final = Path(directory)
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -198,6 +202,9 @@ def save_checkpoint(directory: str | Path, model, optimizer, step: int, extra: d
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     rng_tensors, rng_meta = rng_state()
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
+    if extra_tensors:
+        save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()},
+                  str(tmp / "extra.safetensors"))
     state = {"step": step, "param_groups": groups, "rng": rng_meta, **extra}
     (tmp / "trainer_state.json").write_text(json.dumps(state) + "\n")
     if final.exists():
@@ -220,16 +227,123 @@ def find_checkpoint(directory: str | Path) -> Path | None:
 
 def load_checkpoint(directory: str | Path, model, optimizer) -> dict:
     """Restore model, optimizer and RNG from `save_checkpoint`'s directory; returns its state dict
-    (step, data position and whatever else the loop saved)."""
+    (step, data position and whatever else the loop saved), with the extra tensors as
+    state["tensors"] ({} if none)."""
     directory = Path(directory)
     state = json.loads((directory / "trainer_state.json").read_text())
     load_state(model, read_safetensors(directory), str(directory))
     optimizer_from_flat(optimizer, load_file(str(directory / "optimizer.safetensors")), state["param_groups"])
     set_rng_state(load_file(str(directory / "rng.safetensors")), state["rng"])
+    extra = directory / "extra.safetensors"
+    state["tensors"] = load_file(str(extra)) if extra.is_file() else {}
     return state
 
 
-# --- logging and stopping -----------------------------------------------------------------------
+def resume_checkpoint(ckpt_dir: str | Path, model, optimizer, setup: dict | None = None,
+                      is_main: bool = True) -> dict:
+    """--resume: load the checkpoint in `ckpt_dir` (or its `.old` twin) into model, optimizer and RNG.
+    `setup` (data, stages, settings that fix the schedule) must equal what the checkpoint saved as
+    state["setup"]: resuming a different run would silently train something else."""
+    found = find_checkpoint(ckpt_dir)
+    if found is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start")
+    if setup is not None:
+        saved = json.loads((found / "trainer_state.json").read_text()).get("setup") or {}
+        changed = {k: (saved.get(k), v) for k, v in setup.items() if saved.get(k) != v}
+        if changed:
+            raise ValueError(f"--resume: this run's data, stages or settings differ from the checkpoint's in "
+                             f"{found}: " + "; ".join(f"{k}: was {a}, now {b}" for k, (a, b) in changed.items()))
+    state = load_checkpoint(found, model, optimizer)
+    if is_main:
+        print(f"resumed from {found} at step {state['step']}")
+    return state
+
+
+@contextlib.contextmanager
+def stop_on_nonfinite(ckpt_dir: str | Path):
+    """Around a training loop: a NonFiniteLoss ends the run with a plain error naming the last good
+    checkpoint (nothing is saved after the bad step)."""
+    try:
+        yield
+    except NonFiniteLoss as e:
+        raise SystemExit(f"error: {e} Last good checkpoint: {find_checkpoint(ckpt_dir) or 'none yet'}") from None
+
+
+# --- run setup, cadence, logging and stopping ---------------------------------------------------
+def start_run(device: str, out: str | Path, seed: int) -> tuple[Dist, torch.device, Path]:
+    """What every script does first: DDP (under torchrun) and the device, the run directory, the seed."""
+    ddp, dev = init_distributed(device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    return ddp, dev, out
+
+
+def due(done: int, every: int, total: int) -> bool:
+    """Whether a periodic action (log, eval, save) runs after `done` steps: every `every` steps and at
+    the last one; every <= 0 means at the last step only."""
+    return done == total or (every > 0 and done % every == 0)
+
+
+def format_duration(seconds: float) -> str:
+    """12s, 2m31s, 1h05m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def format_metric(value) -> str:
+    """Floats: 4 decimals; tiny ones (learning rates) in e-notation; big ones (tokens/s) as integers."""
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 1e-2:
+            return f"{value:.2e}"
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4f}"
+    return str(value)
+
+
+def progress_line(done: int, total: int, elapsed_s: float, step_s: float, **metrics) -> str:
+    """A plain log line: 'step 10/300 loss 3.1234 lr 1.00e-03 | 0.52 s/step | elapsed 5s | ETA 2m31s'
+    (metrics in the order given; strings, such as '12.3%', printed as they are)."""
+    parts = [f"step {done}/{total}"] + [f"{k} {format_metric(v)}" for k, v in metrics.items()]
+    return (" ".join(parts) + f" | {step_s:.2f} s/step | elapsed {format_duration(elapsed_s)}"
+            f" | ETA {format_duration(max(0, total - done) * step_s)}")
+
+
+class Progress:
+    """The loop's progress display: a tqdm bar on a terminal (main process only), plain
+    `progress_line`s otherwise (logs, nohup, CI). `step_s` is the mean over this run's steps."""
+
+    def __init__(self, total: int, start: int, is_main: bool):
+        self.total, self.start, self.is_main = total, start, is_main
+        self.interactive = sys.stderr.isatty() and is_main
+        self.bar = tqdm(total=total, initial=start, disable=not self.interactive, dynamic_ncols=True)
+        self.t_start = time.time()
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.t_start
+
+    def update(self, **postfix) -> None:
+        """After each step: advance the bar."""
+        self.bar.update(1)
+        self.bar.set_postfix(**postfix)
+
+    def log(self, done: int, **metrics) -> None:
+        """At the log cadence: a plain line when not on a terminal."""
+        if self.is_main and not self.interactive:
+            step_s = self.elapsed / max(1, done - self.start)
+            print(progress_line(done, self.total, self.elapsed, step_s, **metrics), flush=True)
+
+    def note(self, text: str) -> None:
+        """A line from the main process that does not break the bar."""
+        if self.is_main:
+            tqdm.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
 class MetricsLog:
     """Appends one JSON object per call to `<out>/metrics.jsonl` (main process only)."""
 
