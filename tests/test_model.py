@@ -82,6 +82,51 @@ def test_toddler_155m_size_and_flops():
     assert model.flops_per_token(256) == 3 * (2 * matmul + attention)
 
 
+def test_readme_numbers_for_toddler_155m():
+    """The README's figures, written out: 155,933,568 parameters, 150,428,544 without the embedding,
+    1.00 GFLOP per token for a training step at context 256 (999,343,296 by hand: 3 x (2 x 155,891,232
+    matmul weights + 4 x 31 layers x 256 x 672))."""
+    with torch.device("meta"):  # shapes only: counting needs no memory
+        model = ToddlerLM(preset("toddler-155m"))
+    assert model.num_parameters() == 155_933_568
+    assert model.num_parameters(exclude_embeddings=True) == 150_428_544
+    assert model.flops_per_token(256) == 999_343_296
+    assert model.flops_per_token(256, training=False) == 333_114_432
+    untied = ToddlerLM(dataclasses.replace(preset("tiny"), tie_word_embeddings=False))
+    # tiny: 2 layers x (2*64*64 + 2*64*32 + 3*64*172 + 2*64) + 64 = 90,944; embedding and head 8192*64 each
+    assert untied.num_parameters(exclude_embeddings=True) == 90_944 + 524_288
+    assert untied.num_parameters() == 90_944 + 2 * 524_288
+
+
+# HuggingFaceTB/SmolLM2-135M-Instruct and SmolLM2-360M-Instruct config.json, the architecture keys as
+# published (the presets carry the Instruct token ids: <|im_start|> = 1 is BOS, <|im_end|> = 2 is EOS).
+SMOLLM2_CONFIGS = {
+    "smollm2-135m": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
+                     "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                     "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 8192,
+                     "rope_theta": 100000, "rope_scaling": None, "rms_norm_eps": 1e-05,
+                     "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu"},
+    "smollm2-360m": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
+                     "hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
+                     "num_attention_heads": 15, "num_key_value_heads": 5, "max_position_embeddings": 8192,
+                     "rope_theta": 100000, "rope_scaling": None, "rms_norm_eps": 1e-05,
+                     "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMOLLM2_CONFIGS))
+def test_smollm2_presets_equal_the_published_configs(name):
+    published = ModelConfig.from_hf_dict(SMOLLM2_CONFIGS[name])
+    ours = preset(name)
+    keys = [k for k in SMOLLM2_CONFIGS[name] if k not in ("architectures", "model_type", "hidden_act")]
+    assert {k: getattr(ours, k) for k in keys} == {k: getattr(published, k) for k in keys}
+    assert ours.head_dim == 64
+    # SmolLM2's model cards: 135M and 360M parameters
+    with torch.device("meta"):
+        model = ToddlerLM(ours)
+    assert model.num_parameters() == {"smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120}[name]
+
+
 def test_context_overflow_is_a_clear_error():
     model = ToddlerLM(preset("tiny"))
     with pytest.raises(ValueError, match="longer than the model's context of 256"):
