@@ -2,11 +2,11 @@
 import json
 
 import pytest
+import transformers  # required test dependency (requirements-dev.txt): a missing one fails here
 
 from minitoddler.data.chat import read_chat
 from minitoddler.data.prepare import SAMPLE_DIR
-from minitoddler.tokenizer import (CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, SPECIAL_TOKENS, load_tokenizer,
-                                   train_tokenizer)
+from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, SPECIAL_TOKENS, load_tokenizer, train_tokenizer
 
 SENTENCES = [
     "Do you want MORE juice?", "i'm a big fish.", "The doggy's running, look!", "Zoë ate crème brûlée 🍰.",
@@ -49,7 +49,6 @@ def test_small_vocab_is_respected(tmp_path):
 
 
 def test_transformers_autotokenizer_loads_and_encodes_identically(tok_dir):
-    transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
     tok = load_tokenizer(tok_dir)
     for text in SENTENCES:
@@ -61,10 +60,13 @@ def test_transformers_autotokenizer_loads_and_encodes_identically(tok_dir):
 
 
 def test_chat_template_is_chatml_with_the_toddler_system_prompt(tok_dir):
-    transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
     config = json.loads((tok_dir / "tokenizer_config.json").read_text())
-    assert config["chat_template"] == CHAT_TEMPLATE
+    assert config["chat_template"] == (  # SmolLM2-Instruct's ChatML template, our default system prompt
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\nYou are a 2-3-year-old child speaking in short, simple sentences.<|im_end|>\n' }}"
+        "{% endif %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
     messages = [{"role": "user", "content": "Caregiver: what's that?"}]
     expected = ("<|im_start|>system\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\n"
                 "<|im_start|>user\nCaregiver: what's that?<|im_end|>\n<|im_start|>assistant\n")
