@@ -11,7 +11,8 @@
 Minimal pairs are scored by summed log-probability (BOS + sentence; dialogue: the child reply given the
 caregiver line); a pair is right when the good sentence scores strictly higher (ties are wrong).
 `--convention minicons` (no BOS, first token unscored), with `--bow-correction`, reproduces the
-published procedure (llamalogue). Each task run adds its results to --out/results.json and rewrites
+published procedure (llamalogue). `--normalize` scores the sentences in the cleaned training format
+(lower case, no space before punctuation, CHAT codes removed: "*CHI: I am blue ." -> "*CHI: i am blue."). Each task run adds its results to --out/results.json and rewrites
 --out/report.md (a different model in the same --out starts a fresh file). --model takes a model
 directory (Hugging Face Llama layout) or a preset name (random weights; pass --tokenizer then).
 """
@@ -30,7 +31,7 @@ from minitoddler.cli import parse_config
 from minitoddler.evals.generation import DEFAULT_PROMPTS, FORMATS, evaluate_generation, load_prompts
 from minitoddler.evals.lexical import read_lexical_csv
 from minitoddler.evals.minimal_pairs import (CONVENTIONS, ZORRO_ORDERS, evaluate_pairs, first_per_paradigm,
-                                             load_pairs)
+                                             load_pairs, normalized)
 from minitoddler.evals.report import compare_runs, load_results, save_results
 from minitoddler.tokenizer import load_tokenizer
 from minitoddler.trainer import autocast, pick_device
@@ -47,6 +48,7 @@ class EvalConfig:
     tokenizer: str = ""            # tokenizer directory ("" = the model directory)
     convention: str = "bos"        # bos | minicons
     bow_correction: bool = False   # minicons' beginning-of-word correction (needs a 'Ġ'/'▁' tokenizer)
+    normalize: bool = False        # score pairs in the cleaned training format ("I am blue ." -> "i am blue.")
     zorro_order: str = "bad-first"  # bad-first (../shared/data release) | good-first
     csv_split: str = "eval"        # dialogue CSVs: eval (rows 18,000+) | train | all
     limit: int = 0                 # first N pairs per paradigm (N prompts for generation); 0 = all
@@ -77,6 +79,9 @@ def check(cfg: EvalConfig) -> None:
             raise SystemExit(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
     if not cfg.model:
         raise SystemExit("--model DIR|PRESET is required (or --compare RUN_DIR ...)")
+    if cfg.normalize and cfg.task == "generation":
+        raise SystemExit("--normalize applies to the minimal-pair tasks (zorro, blimp, dialogue, lexical), "
+                         "not to generation")
 
 
 def run_task(cfg: EvalConfig, model, tokenizer, device) -> tuple[dict, list[dict]]:
@@ -97,7 +102,12 @@ def run_task(cfg: EvalConfig, model, tokenizer, device) -> tuple[dict, list[dict
     else:
         pairs = load_pairs(cfg.task, cfg.data, cfg.zorro_order, cfg.csv_split)
     pairs = first_per_paradigm(pairs, cfg.limit)
-    return evaluate_pairs(model, tokenizer, pairs, cfg.convention, cfg.bow_correction, cfg.max_tokens, cfg.task)
+    if cfg.normalize:
+        pairs = normalized(pairs)
+    result, rows = evaluate_pairs(model, tokenizer, pairs, cfg.convention, cfg.bow_correction, cfg.max_tokens,
+                                  cfg.task)
+    result["normalized"] = cfg.normalize
+    return result, rows
 
 
 def main(argv=None) -> None:

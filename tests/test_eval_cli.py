@@ -10,7 +10,6 @@ import torch
 
 from minitoddler.checkpoint import save_model
 from minitoddler.config import ModelConfig
-from minitoddler.evals.report import compare_runs, render_report
 from minitoddler.model import ToddlerLM
 from minitoddler.tokenizer import load_tokenizer, train_tokenizer
 
@@ -67,14 +66,26 @@ def test_every_task_end_to_end(model_dir, shared_data, tmp_path, capsys):
     scores = (out / "scores_dialogue.jsonl").read_text().splitlines()
     assert len(scores) == 50 and {"good_logprob", "bad_logprob", "context"} <= set(json.loads(scores[0]))
     assert len((out / "generations.jsonl").read_text().splitlines()) == 3
-    report = (out / "report.md").read_text()
-    assert report == render_report(results)
+    report = (out / "report.md").read_text().splitlines()
+    assert report[0] == f"# Evaluation of `{model_dir}`"
     for heading in ("## zorro", "## dialogue", "## lexical", "## generation", "### Sample exchanges"):
         assert heading in report
-    assert "| quantifiers-superlative | 40 |" in report
+    d = results["tasks"]["dialogue"]
+    assert ("Convention: minicons (no BOS, first token unscored (minicons' sequence_score), beginning-of-word "
+            f"correction). 50 pairs in 1 paradigms; ties ({d['ties']}) count as wrong.") in report
+    assert f"**Macro accuracy {100 * d['macro_accuracy']:.1f}%** (mean over paradigms); " \
+        f"micro {100 * d['micro_accuracy']:.1f}% (over pairs)." in report
+    row = zorro["paradigms"]["quantifiers-superlative"]
+    assert f"| quantifiers-superlative | 40 | {100 * row['correct'] / 40:.1f} | {row['ties']} |" in report
+    lexical = results["tasks"]["lexical"]["paradigms"]
+    assert f"| nouns | 1 | {100.0 * lexical['nouns']['correct']:.1f} | {lexical['nouns']['ties']} |" in report
+    g = results["tasks"]["generation"]["metrics"]
+    assert "| n_replies | 3 | – |" in report and f"| mlu_words | {g['mlu_words']:.3f} | – |" in report
+    assert ("3 prompts x 1 samples, format dialogue, temperature 0.7, top_p 0.9, top_k None, at most 5 new "
+            "tokens.") in report
     has_matplotlib = importlib.util.find_spec("matplotlib") is not None
     assert (out / "zorro.png").is_file() == has_matplotlib
-    assert ("Plots skipped" in report) == (not has_matplotlib)
+    assert any(line.startswith("Plots skipped") for line in report) == (not has_matplotlib)
 
 
 def test_compare_runs(model_dir, shared_data, tmp_path, capsys):
@@ -85,15 +96,17 @@ def test_compare_runs(model_dir, shared_data, tmp_path, capsys):
     capsys.readouterr()
     run("--compare", tmp_path / "bos", tmp_path / "mc")
     table = capsys.readouterr().out
-    assert table == compare_runs([tmp_path / "bos", tmp_path / "mc"])
-    lines = table.splitlines()
-    assert lines[0] == "| | bos | mc |"
-    row = next(l for l in lines if l.startswith("| zorro: convention |"))
-    assert row == "| zorro: convention | bos | minicons |"
-    accs = [json.loads((tmp_path / n / "results.json").read_text())["tasks"]["zorro"]["macro_accuracy"]
-            for n in ("bos", "mc")]
-    assert next(l for l in lines if l.startswith("| zorro: macro accuracy %")) == \
-        f"| zorro: macro accuracy % | {100 * accs[0]:.1f} | {100 * accs[1]:.1f} |"
+    r = [json.loads((tmp_path / n / "results.json").read_text())["tasks"]["zorro"] for n in ("bos", "mc")]
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    expected = ["| | bos | mc |", "|---|---:|---:|", f"| model | `{model_dir}` | `{model_dir}` |",
+                f"| zorro: macro accuracy % | {pct(r[0]['macro_accuracy'])} | {pct(r[1]['macro_accuracy'])} |",
+                f"| zorro: micro accuracy % | {pct(r[0]['micro_accuracy'])} | {pct(r[1]['micro_accuracy'])} |",
+                "| zorro: convention | bos | minicons |"]
+    expected += [f"| zorro / {f.stem} | {pct(r[0]['paradigms'][f.stem]['correct'] / 10)} | "
+                 f"{pct(r[1]['paradigms'][f.stem]['correct'] / 10)} |" for f in zorro]
+    assert table == "\n".join(expected) + "\n"
+    # the macro average is the mean of the three paradigm accuracies, worked out here from the counts
+    assert r[0]["macro_accuracy"] == pytest.approx(sum(r[0]["paradigms"][f.stem]["correct"] for f in zorro) / 30)
 
 
 def test_bad_input_fails_clearly(model_dir, tmp_path):
@@ -109,3 +122,31 @@ def test_bad_input_fails_clearly(model_dir, tmp_path):
         run("--model", "tiny", "--task", "zorro", "--out", tmp_path)
     with pytest.raises(FileNotFoundError, match="results.json"):
         run("--compare", tmp_path / "nothing-here")
+
+
+def test_normalize_scores_the_training_format(model_dir, shared_data, tmp_path):
+    """--normalize: the first dialogue pairs are scored as written out here by hand in the cleaned training
+    format, and score as those hand-written strings do without the flag."""
+    dialogue = shared_data / "eval" / "dialogue-minimal-pairs" / "dialogue_eval_words.json"
+    run("--model", model_dir, "--out", tmp_path / "n", "--device", "cpu", "--task", "dialogue", "--data", dialogue,
+        "--limit", 2, "--normalize", "--save-scores")
+    rows = [json.loads(l) for l in (tmp_path / "n" / "scores_dialogue.jsonl").read_text().splitlines()]
+    by_hand = [("*MOT: you are green?", "*CHI: i am blue.", "*CHI: and that one!"),
+               ("*MOT: are you green?", "*CHI: i am red.", "*CHI: poor thomas's face.")]
+    assert [(r["context"], r["good"], r["bad"]) for r in rows] == by_hand
+    hand = tmp_path / "hand.json"
+    hand.write_text(json.dumps([{"prompt": c, "chosen": g, "rejected": b} for c, g, b in by_hand]))
+    run("--model", model_dir, "--out", tmp_path / "h", "--device", "cpu", "--task", "dialogue", "--data", hand,
+        "--save-scores")
+    plain = [json.loads(l) for l in (tmp_path / "h" / "scores_dialogue.jsonl").read_text().splitlines()]
+    assert [(r["good_logprob"], r["bad_logprob"]) for r in rows] == [(r["good_logprob"], r["bad_logprob"]) for r in plain]
+    results = json.loads((tmp_path / "n" / "results.json").read_text())["tasks"]["dialogue"]
+    assert results["normalized"] is True
+    assert "text normalized to the training format" in (tmp_path / "n" / "report.md").read_text()
+    # without the flag the CHAT-spaced text is scored as it is ("I am blue ." differs from "i am blue.")
+    run("--model", model_dir, "--out", tmp_path / "raw", "--device", "cpu", "--task", "dialogue", "--data", dialogue,
+        "--limit", 2, "--save-scores")
+    raw = json.loads((tmp_path / "raw" / "scores_dialogue.jsonl").read_text().splitlines()[0])
+    assert raw["good"] == "*CHI: I am blue ." and raw["good_logprob"] != rows[0]["good_logprob"]
+    with pytest.raises(SystemExit, match="--normalize applies to the minimal-pair tasks"):
+        run("--model", model_dir, "--out", tmp_path / "g", "--task", "generation", "--normalize")

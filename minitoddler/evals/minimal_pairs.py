@@ -14,6 +14,7 @@ per paradigm (a file, or BLiMP's UID) and as the macro average over paradigms.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..data.clean import normalize_benchmark_text
 from ..logprobs import sequence_logprobs
 
 CONVENTIONS = ("bos", "minicons")
@@ -238,6 +240,21 @@ def first_per_paradigm(pairs: list[Pair], limit: int) -> list[Pair]:
         if seen[p.paradigm] <= limit:
             kept.append(p)
     return kept
+
+
+def normalized(pairs: list[Pair]) -> list[Pair]:
+    """The pairs in the cleaned training format ("*CHI: I am blue ." -> "*CHI: i am blue.": lower case, no
+    space before punctuation, CHAT codes removed), so a model scores text written as it was trained on."""
+    out = []
+    for p in pairs:
+        good, bad = normalize_benchmark_text(p.good), normalize_benchmark_text(p.bad)
+        context = normalize_benchmark_text(p.context) if p.context else ""
+        for before, after in ((p.good, good), (p.bad, bad), (p.context, context)):
+            if before and not after.strip():
+                raise ValueError(f"{p.where}: {before!r} is empty once normalized (nothing but CHAT codes); "
+                                 "drop the pair or run without --normalize")
+        out.append(dataclasses.replace(p, good=good, bad=bad, context=context))
+    return out
 
 
 # --- tokenizing --------------------------------------------------------------------------------------

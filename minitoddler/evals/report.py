@@ -50,6 +50,7 @@ def _cell(text: str) -> str:
 
 def pair_section(task: str, r: dict) -> list[str]:
     bow = ", beginning-of-word correction" if r.get("bow_correction") else ""
+    bow += ", text normalized to the training format" if r.get("normalized") else ""
     lines = [f"## {task}", "",
              f"Convention: {r['convention']} ({CONVENTION_NOTES.get(r['convention'], '')}{bow}). "
              f"{r['n_pairs']} pairs in {len(r['paradigms'])} paradigms; ties ({r['ties']}) count as wrong.", "",
@@ -152,7 +153,8 @@ def compare_runs(run_dirs) -> str:
                 continue
             put(f"{task}: macro accuracy %", i, _pct(r["macro_accuracy"]))
             put(f"{task}: micro accuracy %", i, _pct(r["micro_accuracy"]))
-            put(f"{task}: convention", i, r["convention"] + (" + bow" if r.get("bow_correction") else ""))
+            put(f"{task}: convention", i, r["convention"] + (" + bow" if r.get("bow_correction") else "")
+                + (" + normalized" if r.get("normalized") else ""))
             for paradigm, row in sorted(r["paradigms"].items()):
                 put(f"{task} / {paradigm}", i, _pct(row["accuracy"]))
     lines = ["| | " + " | ".join(_cell(n) for n in names) + " |", "|---|" + "---:|" * len(runs)]
