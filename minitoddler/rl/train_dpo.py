@@ -1,0 +1,360 @@
+"""DPO on preference pairs (the llamalogue DPO runs): `train_rl.py --algo dpo` runs this loop.
+
+Each pair is a caregiver line with a preferred (chosen) and a dispreferred (rejected) child reply; the
+loss (minitoddler/rl/dpo.py: sigmoid, IPO or hinge) sees the reply tokens only, conditioned on the
+caregiver line, in the dialogue format (`*MOT: …\\n*CHI: …`, the llamalogue model's) or ChatML. The
+reference log-probs are computed once, in one batched pass with the initial model before training,
+and stored in the run directory (reference_logprobs.safetensors); no reference model is kept in
+memory while training. Chosen and rejected replies of a batch share one forward pass. Defaults as the
+paper's runs: LR 5e-6, 32 pairs per step, linear decay to 0, no warmup, beta 0.1, one epoch.
+
+    python -m minitoddler.rl.train_dpo --model runs/pre/final --data ../shared/data/dpo/naturalistic_pairs.json --out runs/dpo
+    python -m minitoddler.rl.train_dpo --model runs/pre/final --data prepared/prefs --out runs/dpo --resume
+    torchrun --nproc_per_node=8 -m minitoddler.rl.train_dpo --model DIR --data PAIRS --out runs/dpo
+
+metrics.jsonl: loss, the implicit reward margin and preference accuracy (r_chosen > r_rejected) of each
+training batch, and the same on a held-out split as val/*, plus val/logp_accuracy: the fraction of
+held-out pairs whose chosen reply the model itself finds more likely (the minimal-pair criterion;
+meaningful before training too, when the implicit rewards are all 0).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from ..checkpoint import atomic_write, load_model, save_model
+from ..cli import parse_config
+from ..data.prepare import PrepareConfig, prepare
+from ..lora import LoraConfig, apply_lora, merge_lora, parse_targets, save_adapter
+from ..sft import stage_batch
+from ..tokenizer import DEFAULT_SYSTEM_PROMPT, IM_START, load_tokenizer
+from ..trainer import (MetricsLog, Progress, StopFlag, autocast, check_finite, due, lr_at, make_optimizer,
+                       resume_checkpoint, save_checkpoint, set_lr, start_run, stop_on_nonfinite, wrap_for_training)
+from .dpo import LOSSES, dpo_loss, pair_logprobs
+from .prefs import Pref, load_prefs
+from .rollout import FORMATS, render_exchange
+
+REFERENCE_FILE = "reference_logprobs.safetensors"
+
+
+@dataclass
+class DPOConfig:
+    model: str = ""               # policy: a pretrained or SFT'd model directory
+    data: str = ""                # {prompt, chosen, rejected} JSON/JSONL, or prepare's prefs/; "" = bundled corpus
+    out: str = "runs/dpo"
+    tokenizer: str = ""           # tokenizer directory; "" = the model directory
+    format: str = "dialogue"      # dialogue (*MOT: …\n*CHI: …) | chatml
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # chatml only
+    loss: str = "sigmoid"         # sigmoid (DPO) | ipo | hinge
+    beta: float = 0.1
+    lr: float = 5e-6              # linear decay to 0, no warmup
+    batch_size: int = 32          # pairs per optimizer step, summed over processes and accumulation
+    device_batch_size: int = 8    # pairs per forward pass (2x sequences: chosen and rejected together)
+    epochs: float = 1.0
+    steps: int = 0                # 0 = epochs x pairs / batch_size; the LR decays over these steps
+    max_len: int = 0              # 0 = the model's context; longer pairs lose prompt tokens from the front
+    val_fraction: float = 0.05    # held out when --data is one file
+    eval_pairs: int = 1024        # held-out pairs scored at each evaluation
+    eval_every: int = 50
+    save_every: int = 200
+    log_every: int = 1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    lora_rank: int = 0            # 0 = full fine-tuning
+    lora_alpha: float = 0.0       # 0 = 2 x rank
+    lora_dropout: float = 0.0
+    lora_targets: str = "q,k,v,o,gate,up,down"
+    chunk_size: int = 64          # positions per lm_head chunk in the log-prob passes
+    device: str = "auto"
+    seed: int = 1337
+    compile: bool = False
+    resume: bool = False
+
+
+@dataclass
+class PairExample:
+    chosen: tuple[list[int], list[int]]    # (ids, reply mask)
+    rejected: tuple[list[int], list[int]]
+    where: str
+
+
+def fit_left(ids: list[int], mask: list[int], max_len: int) -> tuple[list[int], list[int]] | None:
+    """Keep the last max_len tokens (the prompt loses its front); None if the reply itself does not fit."""
+    if len(ids) <= max_len:
+        return ids, mask
+    if len(ids) - mask.index(1) > max_len:
+        return None
+    return ids[-max_len:], mask[-max_len:]
+
+
+def encode_pairs(tokenizer, prefs: list[Pref], fmt: str, system_prompt: str | None, bos: int | None,
+                 max_len: int) -> tuple[list[PairExample], int, list[str]]:
+    """Token ids and reply masks of chosen and rejected exchanges; how many lost prompt tokens to fit
+    max_len; where the pairs are whose reply alone does not fit (left out)."""
+    examples, shortened, too_long = [], 0, []
+    for p in prefs:
+        chosen = render_exchange(tokenizer, p.prompt, p.chosen, fmt, system_prompt, bos)
+        rejected = render_exchange(tokenizer, p.prompt, p.rejected, fmt, system_prompt, bos)
+        fitted = fit_left(*chosen, max_len), fit_left(*rejected, max_len)
+        if None in fitted:
+            too_long.append(p.where)
+            continue
+        shortened += len(chosen[0]) > max_len or len(rejected[0]) > max_len
+        examples.append(PairExample(fitted[0], fitted[1], p.where))
+    return examples, shortened, too_long
+
+
+def fingerprint(examples: list[PairExample]) -> str:
+    """A hash of the token ids and masks: the stored reference log-probs belong to exactly these pairs."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.chosen, e.rejected]).encode())
+    return h.hexdigest()[:16]
+
+
+def length_batches(examples: list[PairExample], batch_pairs: int) -> list[list[int]]:
+    """Indices of the pairs sorted by length, in batches (little padding). The held-out evaluation
+    uses the very batches of the reference pass, so before training its rewards are exactly 0."""
+    order = sorted(range(len(examples)), key=lambda i: max(len(examples[i].chosen[0]), len(examples[i].rejected[0])))
+    return [order[s:s + batch_pairs] for s in range(0, len(order), batch_pairs)]
+
+
+@torch.no_grad()
+def reference_logprobs(model, examples: list[PairExample], batch_pairs: int, loss_type: str, chunk_size: int,
+                       device, ddp) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs of every chosen and rejected reply under `model` as it is now, (N,) each,
+    float32 on the CPU; computed in `length_batches`, shared among processes."""
+    was_training = model.training
+    model.eval()
+    out = torch.zeros(2, len(examples), dtype=torch.float64, device=device)
+    for rows in length_batches(examples, batch_pairs)[ddp.rank::ddp.world_size]:
+        with autocast(device):
+            c, r = pair_logprobs(model, [examples[i].chosen for i in rows], [examples[i].rejected for i in rows],
+                                 loss_type, chunk_size=chunk_size)
+        out[0, rows], out[1, rows] = c.double(), r.double()
+    if dist.is_initialized():
+        dist.all_reduce(out)
+    model.train(was_training)
+    return out[0].float().cpu(), out[1].float().cpu()
+
+
+def dpo_stats(model, examples: list[PairExample], ref: tuple[torch.Tensor, torch.Tensor], rows: list[int],
+              cfg: DPOConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Losses of the pairs `rows` (graph kept when grad is on) and their summed statistics
+    [loss, margin, reward accuracy, log-prob accuracy, chosen reward, rejected reward, pairs]."""
+    with autocast(device):
+        pc, pr = pair_logprobs(model, [examples[i].chosen for i in rows], [examples[i].rejected for i in rows],
+                               cfg.loss, chunk_size=cfg.chunk_size)
+    losses, rc, rr = dpo_loss(pc, pr, ref[0][rows].to(device), ref[1][rows].to(device), cfg.beta, cfg.loss)
+    stats = [losses.detach().sum(), (rc - rr).sum(), (rc > rr).sum(), (pc > pr).sum(), rc.sum(), rr.sum(),
+             torch.tensor(len(rows), device=device)]
+    return losses, torch.stack([s.double() for s in stats])
+
+
+def stats_to_metrics(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
+    loss, margin, acc, logp_acc, rc, rr, n = (float(x) for x in stats)
+    return {f"{prefix}loss": loss / n, f"{prefix}margin": margin / n, f"{prefix}accuracy": acc / n,
+            f"{prefix}logp_accuracy": logp_acc / n, f"{prefix}reward_chosen": rc / n,
+            f"{prefix}reward_rejected": rr / n}
+
+
+@torch.no_grad()
+def evaluate(model, examples, ref, cfg: DPOConfig, device, ddp) -> dict[str, float]:
+    """DPO loss, margin and accuracies on the held-out pairs, shared among processes."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(7, dtype=torch.float64, device=device)
+    for rows in length_batches(examples, 2 * cfg.device_batch_size)[ddp.rank::ddp.world_size]:
+        total += dpo_stats(model, examples, ref, rows, cfg, device)[1]
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    model.train(was_training)
+    return stats_to_metrics(total, "val/")
+
+
+def save_reference(path: Path, ref_train, ref_val, data_hash: str) -> None:
+    tensors = {"train_chosen": ref_train[0], "train_rejected": ref_train[1],
+               "val_chosen": ref_val[0], "val_rejected": ref_val[1]}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"fingerprint": data_hash}))
+
+
+def load_reference(path: Path, data_hash: str):
+    """The stored reference log-probs; an error if they belong to other pairs (or are missing)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} is missing; the reference log-probs are computed before "
+                                "the first step, so start the run again without --resume")
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        stored = (f.metadata() or {}).get("fingerprint")
+    if stored != data_hash:
+        raise ValueError(f"--resume: {path} holds reference log-probs of other pairs (fingerprint {stored}, "
+                         f"these pairs {data_hash}); start the run again without --resume")
+    t = load_file(str(path))
+    return (t["train_chosen"], t["train_rejected"]), (t["val_chosen"], t["val_rejected"])
+
+
+def default_prefs(data_dir: Path) -> Path:
+    """Preference pairs prepared from the bundled corpus (once) under data_dir."""
+    if not (data_dir / "prefs" / "train.jsonl").is_file():
+        prepare(PrepareConfig(out=data_dir, val_frac=0.1, test_frac=0.1, workers=1))
+        print(f"prepared the bundled corpus into {data_dir}")
+    return data_dir / "prefs"
+
+
+def main(cfg: DPOConfig) -> Path:
+    if not cfg.model or not Path(cfg.model).is_dir():
+        raise SystemExit(f"error: --model DIR is required: a pretrained or SFT'd model directory"
+                         f"{f' ({cfg.model} is not one)' if cfg.model else ''}")
+    if cfg.format not in FORMATS or cfg.loss not in LOSSES:
+        raise SystemExit(f"error: --format must be one of {FORMATS} and --loss one of {LOSSES}")
+    ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
+    if cfg.batch_size % ddp.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {ddp.world_size} processes")
+    model = load_model(cfg.model, device)
+    tokenizer_dir = Path(cfg.tokenizer or cfg.model)
+    tokenizer = load_tokenizer(tokenizer_dir, strict=False)
+    if cfg.format == "chatml" and tokenizer.token_to_id(IM_START) is None:
+        raise SystemExit(f"error: --format chatml, but {tokenizer_dir} has no ChatML tokens: SFT the model first "
+                         "(train_sft.py adds them) or use --format dialogue")
+    bos = model.cfg.bos_token_id if cfg.format == "dialogue" else None
+    bos = bos[0] if isinstance(bos, list) else bos
+    max_len = cfg.max_len or model.cfg.max_position_embeddings
+
+    # Pairs -> token ids and reply masks.
+    if ddp.is_main and not cfg.data:
+        default_prefs(out / "data")
+    if dist.is_initialized():
+        dist.barrier()
+    data = cfg.data or str(out / "data" / "prefs")
+    train_prefs, val_prefs, skipped = load_prefs(data, cfg.val_fraction, cfg.seed)
+    system_prompt = cfg.system_prompt if cfg.format == "chatml" else None
+    train, shortened, too_long = encode_pairs(tokenizer, train_prefs, cfg.format, system_prompt, bos, max_len)
+    val, val_shortened, val_too_long = encode_pairs(tokenizer, val_prefs[:cfg.eval_pairs], cfg.format,
+                                                    system_prompt, bos, max_len)
+    if not train or not val:
+        raise ValueError(f"{data}: no training or no held-out pairs left that fit in {max_len} tokens")
+    steps = cfg.steps or math.ceil(len(train) * cfg.epochs / cfg.batch_size)
+
+    lora = None
+    if cfg.lora_rank:
+        lora = LoraConfig(cfg.lora_rank, cfg.lora_alpha or 2.0 * cfg.lora_rank, cfg.lora_dropout,
+                          parse_targets(cfg.lora_targets))
+        apply_lora(model, lora)
+    data_hash = fingerprint(train + val)
+    setup = {"data": data, "pairs": len(train), "val_pairs": len(val), "fingerprint": data_hash, "format": cfg.format,
+             "loss": cfg.loss, "beta": cfg.beta, "lr": cfg.lr, "batch_size": cfg.batch_size, "steps": steps,
+             "lora": {**asdict(lora), "targets": list(lora.targets)} if lora else None}
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.999), device=device)
+    ckpt_dir, ref_path = out / "checkpoint", out / REFERENCE_FILE
+    start = 0
+    if cfg.resume:
+        start = resume_checkpoint(ckpt_dir, model, optimizer, setup, ddp.is_main)["step"]
+        ref_train, ref_val = load_reference(ref_path, data_hash)
+    else:
+        t0 = time.time()
+        ref_train = reference_logprobs(model, train, 2 * cfg.device_batch_size, cfg.loss, cfg.chunk_size, device, ddp)
+        ref_val = reference_logprobs(model, val, 2 * cfg.device_batch_size, cfg.loss, cfg.chunk_size, device, ddp)
+        if ddp.is_main:
+            save_reference(ref_path, ref_train, ref_val, data_hash)
+            print(f"reference log-probs of {len(train) + len(val)} pairs in {time.time() - t0:.1f}s -> {ref_path}")
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    train_model = wrap_for_training(model, ddp, device, cfg.compile)
+    log = MetricsLog(out, enabled=ddp.is_main)
+    stop = StopFlag()
+    if ddp.is_main:
+        print(f"model {cfg.model}: {model.num_parameters() / 1e6:.1f}M parameters, "
+              f"{sum(p.numel() for p in trainable) / 1e6:.2f}M trained "
+              f"({'LoRA rank ' + str(cfg.lora_rank) if lora else 'full fine-tuning'}) | pairs {data}: "
+              f"{len(train)} train, {len(val)} held out | {cfg.loss} beta {cfg.beta} | {cfg.batch_size} pairs/step "
+              f"| {steps} steps | {cfg.format} format")
+        if skipped or too_long or val_too_long:
+            print(f"note: left out {skipped} pairs with an empty field or identical replies and "
+                  f"{len(too_long) + len(val_too_long)} whose reply alone exceeds {max_len} tokens "
+                  f"{', '.join((too_long + val_too_long)[:5])}", file=sys.stderr)
+        if shortened or val_shortened:
+            print(f"note: {shortened + val_shortened} pairs longer than {max_len} tokens lost caregiver tokens "
+                  "from the front (the replies are kept whole)", file=sys.stderr)
+    before = evaluate(model, val, ref_val, cfg, device, ddp) if not start else None
+    if before:
+        log.write(step=0, **before)
+
+    def save(done):
+        if ddp.is_main:
+            save_checkpoint(ckpt_dir, model, optimizer, done, {"setup": setup, "config": asdict(cfg)},
+                            tokenizer=tokenizer_dir)
+
+    progress = Progress(steps, start, ddp.is_main)
+    metrics = before or {}
+    everyone = list(range(len(train)))
+    with stop_on_nonfinite(ckpt_dir):
+        for step in range(start, steps):
+            t0 = time.time()
+            lr = lr_at(step, steps, cfg.lr, 0, "wsd", min_ratio=0.0, decay_frac=1.0)  # linear decay to 0
+            set_lr(optimizer, lr)
+            mine = stage_batch(everyone, 0, step, cfg.batch_size, cfg.seed)[ddp.rank::ddp.world_size]
+            micro = [mine[i:i + cfg.device_batch_size] for i in range(0, len(mine), cfg.device_batch_size)]
+            total = torch.zeros(7, dtype=torch.float64, device=device)
+            for j, rows in enumerate(micro):
+                sync = j == len(micro) - 1 or ddp.world_size == 1
+                with contextlib.nullcontext() if sync else train_model.no_sync():
+                    losses, stats = dpo_stats(train_model, train, ref_train, rows, cfg, device)
+                    # DDP averages gradients over processes: scale to the mean loss over the whole batch.
+                    (losses.sum() * ddp.world_size / cfg.batch_size).backward()
+                total += stats
+            if dist.is_initialized():
+                dist.all_reduce(total)
+            row = stats_to_metrics(total)
+            check_finite(torch.tensor(row["loss"]), step)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            progress.update(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.2f}")
+            if due(done, cfg.log_every, steps):
+                log.write(step=done, **row, lr=lr, grad_norm=float(grad_norm), step_time=time.time() - t0,
+                          time=progress.elapsed)
+                progress.log(done, loss=row["loss"], margin=row["margin"], acc=row["accuracy"], lr=lr)
+            if due(done, cfg.eval_every, steps):
+                metrics = evaluate(model, val, ref_val, cfg, device, ddp)
+                log.write(step=done, **metrics)
+                progress.note(f"step {done}: held-out loss {metrics['val/loss']:.4f} margin "
+                              f"{metrics['val/margin']:.4f} accuracy {metrics['val/accuracy']:.3f} "
+                              f"log-prob accuracy {metrics['val/logp_accuracy']:.3f}")
+            stopping = stop.requested  # read once: a signal between two reads must not skip the save
+            if due(done, cfg.save_every, steps) or stopping:
+                save(done)
+            if stopping:
+                progress.close()
+                if ddp.is_main:
+                    print(f"stopped at step {done}; resume with --resume --out {out}")
+                return ckpt_dir
+    progress.close()
+    final = out / "final"
+    if ddp.is_main:
+        if lora:
+            save_adapter(model, lora, out / "adapter")
+            merge_lora(model)
+        save_model(model, final, tokenizer=tokenizer_dir)
+        was = f" (before: {before['val/logp_accuracy']:.3f})" if before else ""
+        print(f"done: {steps - start} steps in {progress.elapsed:.0f}s | held-out accuracy "
+              f"{metrics.get('val/accuracy', float('nan')):.3f}, log-prob accuracy "
+              f"{metrics.get('val/logp_accuracy', float('nan')):.3f}{was} | model: {final}"
+              + (f" | adapter: {out / 'adapter'}" if lora else "") + f" | metrics: {out / 'metrics.jsonl'}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return final
+
+
+if __name__ == "__main__":
+    main(parse_config(DPOConfig, __doc__))
