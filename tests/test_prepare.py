@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from minitoddler.data.prepare import (SAMPLE_DIR, PrepareConfig, assign_splits, main, preference_pairs, prepare,
-                                      transcript_rows)
+from minitoddler.data.prepare import (SAMPLE_DIR, PrepareConfig, assign_splits, describe_skipped, main,
+                                      preference_pairs, prepare, raw_word_count, transcript_rows)
 
 HEADER = """@UTF8
 @Begin
@@ -99,18 +99,85 @@ def test_splits_are_deterministic_disjoint_and_cover_small_corpora():
     assert set(assign_splits(names[:2], 0.05, 0.05).values()) == {"train"}
 
 
-def test_invalid_files_are_skipped_counted_and_listed(tmp_path, shared_data):
+def test_invalid_files_cost_what_is_broken_counted_by_reason_and_listed(tmp_path, shared_data, capsys):
     chat_dir = tmp_path / "chat"
     shutil.copytree(shared_data / "chat-invalid", chat_dir)
     (chat_dir / "good.cha").write_text(HEADER + BODY)
-    stats = prepare(PrepareConfig(chat_dir=chat_dir, out=tmp_path / "out", workers=1))
-    errors = 21  # the files tests/test_chat.py expects to be errors
-    assert stats["files"] == 29 and stats["skipped_files"] == errors
+    main(["--chat-dir", str(chat_dir), "--out", str(tmp_path / "out"), "--workers", "1"])
+    stats = json.loads((tmp_path / "out/stats.json").read_text())
+    # only the structurally broken files of tests/test_chat.py's INVALID are skipped whole
+    assert stats["files"] == 29 and stats["skipped_files"] == 5
+    skipped = stats["skipped"]
+    assert skipped["transcripts"] == {"malformed main tier": 3, "file is empty": 1, "unknown kind of line": 1}
+    # E302 "*ch:\thello .", E316 "*CHI" and E323 "*CHI hello ." hold three main tiers and two words
+    assert (skipped["utterances"]["malformed main tier"], skipped["words"]["malformed main tier"]) == (3, 2)
+    # the 13 files whose one utterance has unreadable markup keep the file and lose that utterance
+    dropped = {r: n for r, n in skipped["utterances"].items() if r not in skipped["transcripts"]}
+    assert sum(dropped.values()) == stats["dropped_markup"] == 13 and dropped["terminator inside an event"] == 3
+    assert skipped["annotations"] == {"unknown annotation": 1}
+    assert stats["utterances"] == 9 + 23 and stats["dropped_empty"] == 1  # good.cha's "xxx ."
     problems = (tmp_path / "out/problems.txt").read_text().splitlines()
-    skipped = [p for p in problems if p.startswith("skipped ")]
-    assert len(skipped) == errors and all(re.match(r"skipped \S+\.cha:\d+: ", p) for p in skipped)
+    assert sum(p.startswith("skipped ") for p in problems) == 5
+    assert all(re.match(r"(skipped )?\S+\.cha:\d+: ", p) for p in problems)
+    assert any(re.search(r"E345_unmatched_scoped_begin.cha:8: utterance dropped: '<' without", p) for p in problems)
     assert any("W108_speaker_not_in_participants.cha:6: speaker MOT" in p for p in problems)
-    assert stats["utterances"] == 9 + 7  # good.cha plus the seven accepted or warned one-utterance files
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("read 24/29 transcripts (0 not in 'eng'): 32 utterances (13 dropped for their "
+                                 "markup, 1 empty after cleaning), ")
+    assert printed[1].startswith("skipped 5 transcripts (3 malformed main tier, 1 file is empty, 1 unknown kind of "
+                                 "line), 16 utterances (3 in those transcripts, 3 terminator inside an event, ")
+    assert printed[1].endswith(", 1 annotation (1 unknown annotation)")
+
+
+def test_describe_skipped():
+    assert describe_skipped({"transcripts": {}, "utterances": {}, "words": {}, "annotations": {}}) == "skipped nothing"
+    skipped = {"transcripts": {"not UTF-8 text": 2}, "utterances": {"not UTF-8 text": 30, "unmatched '['": 1},
+               "words": {"not UTF-8 text": 100, "unmatched '['": 4}, "annotations": {}}
+    assert describe_skipped(skipped) == ("skipped 2 transcripts (2 not UTF-8 text), 31 utterances (30 in those "
+                                         "transcripts, 1 unmatched '['), 104 words (100 in those transcripts, 4 in "
+                                         "those utterances), 0 annotations")
+
+
+@pytest.mark.parametrize("raw,n", [
+    ("I want the ball .", 4), ("<I want> [//] I get it [: that] .", 5), ("&-uh xxx 0is &=laughs yyy www ok .", 1),
+    ("+< it's (.) a dog@c +...", 3), ("", 0)])
+def test_raw_word_count(raw, n):
+    assert raw_word_count(raw) == n
+
+
+def test_a_dropped_utterance_still_ends_a_turn(tmp_path):
+    chat_dir = tmp_path / "chat"
+    chat_dir.mkdir()
+    (chat_dir / "a.cha").write_text(HEADER + """*MOT:\tlook .
+*CHI:\tball .
+*MOT:\thello <world .
+*CHI:\tme see .
+@End
+""")
+    stats = prepare(PrepareConfig(chat_dir=chat_dir, out=tmp_path / "out", workers=1))
+    assert (stats["utterances"], stats["dropped_markup"], stats["dropped_empty"]) == (4, 1, 0)
+    pairs = read_rows(tmp_path / "out/pairs/train.jsonl")
+    assert [(p["prompt"], p["response"]) for p in pairs] == [("look.", "ball.")]  # not "ball. me see."
+    assert read_rows(tmp_path / "out/triplets/train.jsonl") == []
+
+
+def test_forms_spoken_keeps_the_childs_own_forms_and_is_recorded(tmp_path):
+    chat_dir = tmp_path / "chat"
+    chat_dir.mkdir()
+    (chat_dir / "a.cha").write_text(HEADER + """*MOT:\twhere did it go ?
+*CHI:\tit goed [: went] [* +ed] in there .
+*MOT:\tyou wanna [: want to] see ?
+*CHI:\tme dunno [: don't know] .
+@End
+""")
+    rows = {}
+    for forms in ("spoken", "target"):
+        main(["--chat-dir", str(chat_dir), "--out", str(tmp_path / forms), "--forms", forms])
+        rows[forms] = [(p["prompt"], p["response"]) for p in read_rows(tmp_path / forms / "pairs/train.jsonl")]
+        assert json.loads((tmp_path / forms / "stats.json").read_text())["config"]["forms"] == forms
+    assert rows["spoken"] == [("where did it go?", "it goed in there."), ("you wanna see?", "me dunno.")]
+    assert rows["target"] == [("where did it go?", "it went in there."), ("you want to see?", "me don't know.")]
+    assert PrepareConfig().forms == "spoken"
 
 
 def test_language_filter(tmp_path, shared_data):
@@ -129,6 +196,8 @@ def test_cli_on_the_shared_childes_corpus(tmp_path, shared_data, capsys):
     assert f"wrote {out}" in printed
     stats = json.loads((out / "stats.json").read_text())
     assert (stats["files"], stats["skipped_files"], stats["utterances"]) == (114, 0, 58008)
+    assert stats["skipped"] == {"transcripts": {}, "utterances": {}, "words": {}, "annotations": {}}
+    assert "skipped nothing" in printed
     files_of = {}
     for split in ("train", "val", "test"):
         for kind in ("cds", "pairs", "triplets", "prefs"):

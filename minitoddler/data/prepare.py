@@ -11,13 +11,17 @@ Writes, per split (train/val/test, assigned by transcript so no transcript is in
     <out>/triplets/{split}.jsonl  three consecutive turns as "*SPK: text" lines  {"text", "file", "line"}
     <out>/prefs/{split}.jsonl     real child reply vs a random child reply of the same word length
                                   {"prompt": "*MOT: ...", "chosen": "*CHI: ...", "rejected": "*CHI: ...", "file", "line"}
-    <out>/stats.json              counts: files, skipped files, utterances, dropped-empty, per split
+    <out>/stats.json              counts: files, utterances, words, empty utterances, per split, and what
+                                  was skipped ("skipped": transcripts, utterances, words, annotations by reason)
     <out>/problems.txt            every skipped file and warning as "file:line: message"
 
 A caregiver is any declared speaker who is not a child (CHILD_ROLES) or a recording artefact (NOT_SPEAKERS).
 A turn is a run of consecutive utterances by one speaker, merged. Utterances that are empty after cleaning
-are dropped and counted, but still end a turn. Age is the target child's age in months. Files that are not
-valid CHAT are skipped with a warning and counted; the run never stops half-way.
+are dropped and counted, but still end a turn. Age is the target child's age in months. What the reader
+cannot read costs as little as it can (minitoddler/data/chat.py): an unknown annotation, else the utterance
+(it still ends a turn), and the whole file only when it is structurally broken; all of it is counted by
+reason and listed, and the run never stops half-way. --forms spoken (default) keeps the child's own word
+forms ("goed [: went]" -> goed), --forms target the transcriber's replacement (went).
 """
 import argparse
 import hashlib
@@ -33,12 +37,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from minitoddler.data.chat import ChatError, read_chat
+from minitoddler.data.clean import FORMS
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 SPLITS = ("train", "val", "test")
 CHILD_ROLES = {"Target_Child", "Child", "Sibling", "Brother", "Sister", "Boy", "Girl", "Playmate"}
 NOT_SPEAKERS = {"Non_Human", "Environment", "Media", "Unidentified"}
 _WORD = re.compile(r"\w[\w'’-]*")
+_BRACKETED = re.compile(r"\[[^\]]*\]")
+_LETTER = re.compile(r"[^\W\d_]")
 _to_json = json.JSONEncoder(ensure_ascii=False).encode  # made once: json.dumps(..., ensure_ascii=False) is slower
 
 
@@ -51,8 +58,8 @@ class PrepareConfig:
     language: str = "eng"  # keep transcripts whose @Languages lists it ("" keeps all)
     include_child: bool = False  # cds also holds the target child's own utterances
     keep_fillers: bool = False  # keep &-uh fillers as words
+    forms: str = "spoken"  # "spoken": the child's own forms (goed [: went] -> goed); "target": the replacement
     no_overlap: bool = False  # prefs: the rejected reply shares no word with the prompt
-    lenient: bool = False  # drop unreadable utterances (with a warning) instead of skipping their file
     seed: int = 0
     workers: int = 0  # 0 = one per CPU
 
@@ -76,8 +83,8 @@ def prepare(cfg: PrepareConfig) -> dict:
     names = [p.relative_to(chat_dir).as_posix() for p in files]
     split_of = assign_splits(names, cfg.val_frac, cfg.test_frac)
     problems, pairs = [], {split: [] for split in SPLITS}
-    stats = {"files": len(files), "skipped_files": 0, "skipped_language": 0, "utterances": 0,
-             "dropped_empty": 0, "warnings": 0,
+    stats = {"files": len(files), "skipped_files": 0, "skipped_language": 0, "utterances": 0, "words": 0,
+             "dropped_markup": 0, "dropped_empty": 0, "warnings": 0, "skipped": {kind: {} for kind in SKIPPED_KINDS},
              "splits": {s: {"files": 0, "cds": 0, "pairs": 0, "triplets": 0} for s in SPLITS}}
     writers = {(kind, split): _open_jsonl(out / kind / f"{split}.jsonl")
                for kind in ("cds", "pairs", "triplets", "prefs") for split in SPLITS}
@@ -87,11 +94,18 @@ def prepare(cfg: PrepareConfig) -> dict:
             stats["warnings"] += len(result.warnings)
             stats["skipped_files"] += bool(result.error)
             stats["skipped_language"] += result.other_language
-            if result.error or result.other_language:
+            if result.other_language:
+                continue
+            for kind, reason, n in result.skipped:
+                if n:
+                    stats["skipped"][kind][reason] = stats["skipped"][kind].get(reason, 0) + n
+            if result.error:
                 continue
             split = split_of[result.name]
             stats["utterances"] += result.utterances
+            stats["words"] += result.words
             stats["dropped_empty"] += result.dropped_empty
+            stats["dropped_markup"] += result.dropped_markup
             stats["splits"][split]["files"] += 1
             for kind, lines in result.jsonl.items():
                 writers[kind, split].writelines(lines)
@@ -139,15 +153,28 @@ def turns_of(utterances) -> list[Turn]:
     return turns
 
 
+SKIPPED_KINDS = ("transcripts", "utterances", "words", "annotations")
+
+
+def raw_word_count(raw: str) -> int:
+    """About how many words a main tier as written holds: tokens with a letter, outside [...], that are not
+    &-codes, 0-omissions, +-linkers or xxx/yyy/www. For counting what a dropped utterance or file costs."""
+    return sum(1 for t in _BRACKETED.sub(" ", raw).split()
+               if _LETTER.search(t) and t[0] not in "&0+" and t.strip("<>").lower() not in ("xxx", "yyy", "www"))
+
+
 @dataclass
 class FileResult:
     """What one transcript contributes, computed in a worker process: JSONL lines ready to write."""
     name: str
-    error: str = ""  # "file:line: message" when the file is not valid CHAT (and is skipped)
+    error: str = ""  # "file:line: message" when the file is structurally broken (and is skipped)
     warnings: list[str] = field(default_factory=list)  # "file:line: message"
-    other_language: bool = False  # @Languages does not list cfg.language (skipped)
+    other_language: bool = False  # @Languages does not list cfg.language (left out, not counted as skipped)
+    skipped: list[tuple[str, str, int]] = field(default_factory=list)  # (kind in SKIPPED_KINDS, reason, count)
     utterances: int = 0
-    dropped_empty: int = 0
+    words: int = 0
+    dropped_markup: int = 0  # utterances the reader dropped for markup it cannot read (text "")
+    dropped_empty: int = 0  # empty after cleaning (xxx, events, ...)
     jsonl: dict[str, list[str]] = field(default_factory=dict)  # kind -> lines
     pairs: list[tuple] = field(default_factory=list)  # (prompt_speaker, prompt, child, response, file, line)
 
@@ -156,23 +183,39 @@ def process_file(path: Path, name: str, cfg: PrepareConfig) -> FileResult:
     """Read, clean and turn one transcript into cds, pairs and triplets lines."""
     result = FileResult(name)
     try:
-        t = read_chat(path, keep_fillers=cfg.keep_fillers, lenient=cfg.lenient)
+        t = read_chat(path, keep_fillers=cfg.keep_fillers, forms=cfg.forms)
     except ChatError as e:
         result.error = str(e)
+        tiers = _main_tiers(path)
+        result.skipped = [("transcripts", e.reason, 1), ("utterances", e.reason, len(tiers)),
+                          ("words", e.reason, sum(map(raw_word_count, tiers)))]
         return result
     result.warnings = t.warnings
     if cfg.language and t.languages and cfg.language not in t.languages:
         result.other_language = True
         return result
+    for d in t.dropped:
+        if d.what == "utterance":
+            result.skipped += [("utterances", d.reason, 1), ("words", d.reason, raw_word_count(d.raw))]
+        else:
+            result.skipped.append(("annotations", d.reason, 1))
     utterances = [(u.speaker, u.role, None if u.age is None else round(u.age, 2), u.text, u.line)
                   for u in t.utterances]
     result.utterances = len(utterances)
-    result.dropped_empty = sum(1 for u in utterances if not u[3])
+    result.words = sum(len(_WORD.findall(u[3])) for u in utterances)
+    result.dropped_markup = sum(d.what == "utterance" for d in t.dropped)
+    result.dropped_empty = sum(1 for u in utterances if not u[3]) - result.dropped_markup
     rows = transcript_rows(name, t.target_child, utterances, cfg.include_child)
     result.jsonl = {kind: [_to_json(r) + "\n" for r in rows[kind]] for kind in rows}
     result.pairs = [(r["prompt_speaker"], r["prompt"], t.target_child, r["response"], name, r["line"])
                     for r in rows["pairs"]]
     return result
+
+
+def _main_tiers(path: Path) -> list[str]:
+    """The main tiers of a file the reader rejected, read as well as can be, to count what skipping it costs."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return re.findall(r"^\*[^:\s]*:?([^\n]*(?:\n[\t ][^\n]*)*)", text, re.M)
 
 
 def _process_all(files: list[Path], names: list[str], cfg: PrepareConfig):
@@ -229,6 +272,32 @@ def preference_pairs(pairs: list[tuple], seed: int = 0, no_overlap: bool = False
     return prefs
 
 
+def describe_skipped(skipped: dict) -> str:
+    """One line: how many transcripts, utterances, words and annotations were skipped, and why."""
+    if not any(skipped.values()):
+        return "skipped nothing"
+    in_files = set(skipped["transcripts"])
+
+    def count(kind, files: bool | None = None):
+        return sum(c for r, c in skipped[kind].items() if files is None or (r in in_files) == files)
+
+    def why(kind):
+        reasons = sorted(((c, r) for r, c in skipped[kind].items() if kind == "transcripts" or r not in in_files),
+                         key=lambda c: (-c[0], c[1]))
+        return [f"{c:,} {r}" for c, r in reasons]
+
+    def part(n, noun, why):
+        return f"{n:,} {noun}{'s' * (n != 1)}" + (f" ({', '.join(why)})" if n else "")
+
+    in_those = [f"{count('utterances', True):,} in those transcripts"] if count("utterances", True) else []
+    return "skipped " + ", ".join([
+        part(count("transcripts"), "transcript", why("transcripts")),
+        part(count("utterances"), "utterance", in_those + why("utterances")),
+        part(count("words"), "word", [f"{count('words', True):,} in those transcripts",
+                                      f"{count('words', False):,} in those utterances"]),
+        part(count("annotations"), "annotation", why("annotations"))])
+
+
 def _is_caregiver(role: str) -> bool:
     """Any declared speaker who is not a child and not a recording artefact (TV, environment, ...)."""
     return bool(role) and role not in CHILD_ROLES and role not in NOT_SPEAKERS
@@ -252,9 +321,9 @@ def parse_args(argv=None) -> PrepareConfig:
                     help='keep transcripts whose @Languages lists this ("" = all)')
     ap.add_argument("--include-child", action="store_true", help="cds also holds the target child's utterances")
     ap.add_argument("--keep-fillers", action="store_true", help="keep &-uh fillers as words")
+    ap.add_argument("--forms", choices=FORMS, default=d.forms,
+                    help="spoken: the child's own word forms (goed [: went] -> goed); target: the replacement (went)")
     ap.add_argument("--no-overlap", action="store_true", help="prefs: rejected reply shares no word with the prompt")
-    ap.add_argument("--lenient", action="store_true",
-                    help="drop unreadable utterances with a warning instead of skipping the whole file")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--workers", type=int, default=d.workers, help="reader processes (0 = one per CPU)")
     return PrepareConfig(**vars(ap.parse_args(argv)))
@@ -263,9 +332,12 @@ def parse_args(argv=None) -> PrepareConfig:
 def main(argv=None) -> None:
     cfg = parse_args(argv)
     stats = prepare(cfg)
-    print(f"read {stats['files'] - stats['skipped_files']}/{stats['files']} files "
-          f"({stats['skipped_files']} skipped as invalid CHAT, {stats['skipped_language']} not in {cfg.language!r}), "
-          f"{stats['utterances']} utterances ({stats['dropped_empty']} empty after cleaning), {stats['warnings']} warnings")
+    print(f"read {stats['files'] - stats['skipped_files'] - stats['skipped_language']}/{stats['files']} transcripts "
+          f"({stats['skipped_language']} not in {cfg.language!r}): {stats['utterances']:,} utterances "
+          f"({stats['dropped_markup']:,} dropped for their markup, {stats['dropped_empty']:,} empty after "
+          f"cleaning), {stats['words']:,} words, {cfg.forms} forms, "
+          f"{stats['warnings']} warnings")
+    print(describe_skipped(stats["skipped"]))
     for split, c in stats["splits"].items():
         print(f"  {split:5s} files {c['files']:5d}  cds {c['cds']:8d}  pairs {c['pairs']:7d}  "
               f"triplets {c['triplets']:7d}  prefs {c['prefs']:7d}")
