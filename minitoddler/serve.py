@@ -288,8 +288,8 @@ class Server(ThreadingHTTPServer):
                                 "(GET /v1/models)", "model_not_found", "model")
         messages = read_messages(body, cfg.max_messages)
         key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-        max_tokens = number(body, key, min(cfg.default_max_tokens, cfg.max_tokens), 1, 10**9, integer=True)
         limit = min(cfg.max_tokens, self.engine.context - 1)
+        max_tokens = number(body, key, min(cfg.default_max_tokens, limit), 1, 10**9, integer=True)
         if max_tokens > limit:
             raise ApiError(400, f"'{key}' is {max_tokens}, this server gives at most {limit} tokens per reply "
                                 f"(context {self.engine.context})", "max_tokens_exceeded", key)
