@@ -1,6 +1,7 @@
 """The terminal chat driven through stdin: replies equal direct `generate` calls on the conversation so
 far (chat and dialogue formats), /reset forgets, /quit and end of input exit cleanly, the study log, and
 the history trimming that keeps the system prompt."""
+import io
 import json
 import os
 import subprocess
@@ -8,12 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from minitoddler import chat
 from minitoddler.chat import fit_prompt, load
+from minitoddler.checkpoint import save_model
+from minitoddler.config import ModelConfig
+from minitoddler.model import ToddlerLM
 from minitoddler.chatml import caregiver_chat, render_chat
 from minitoddler.evals.generation import clean_reply
 from minitoddler.generate import generate
-from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT
+from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, IM_END, IM_START
 from tiny_chat_model import make_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,3 +94,26 @@ def test_fit_prompt_drops_oldest_turns_never_the_system_prompt(model_dir):
     assert size([system] + turns[4:]) > room
     with pytest.raises(ValueError, match="the last message take"):
         fit_prompt(tok, [system] + turns, "chat", size([system, turns[-1]]) - 1)
+
+
+def test_foreign_tokenizer_smollm2_style(tmp_path, monkeypatch, capsys):
+    """A SmolLM2-Instruct-like directory: its own special-token ids (<|im_end|> = 3 here, no <|pad|>)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["where is the doggie?", "Mommy, I want juice!", "no! mine. me do it."] * 30,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|x|>", IM_START, IM_END],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=96, initializer_range=0.3,
+                      bos_token_id=2, eos_token_id=3)
+    save_model(ToddlerLM(cfg), tmp_path / "m", tokenizer=tmp_path / "tok")
+    monkeypatch.setattr("sys.stdin", io.StringIO("Where is the Doggie?\n"))
+    chat.main(["--model", str(tmp_path / "m"), "--temperature", "0", "--max-new-tokens", "5", "--system-prompt", "",
+               "--user-prefix", "", "--device", "cpu"])
+    model, tok = load(str(tmp_path / "m"), "cpu")
+    ids = tok.encode(f"{IM_START}user\nWhere is the Doggie?{IM_END}\n{IM_START}assistant\n", add_special_tokens=False).ids
+    out = generate(model, [ids], 5, stop_ids=[3])[0]
+    assert capsys.readouterr().out == f"toddler: {tok.decode(out, skip_special_tokens=True).strip()}\n"
