@@ -213,8 +213,8 @@ INVALID = {
     "E003_empty_string.cha": ("error", 1, "file is empty"),
     "E101_invalid_line_format.cha": ("error", 3, "unknown kind of line"),
     "E202_missing_form_type.cha": ("utterance", 8, "missing form type after '@'"),
-    "E252_caret_at_word_start.cha": ("accepted", ["test."], "older CHAT marks blocking with a word-initial ^ "
-                                     "(today ≠); Peters's transcripts have '^ever(y)body', pylangacq reads them"),
+    "E252_caret_at_word_start.cha": ("accepted", ["test."], "a word-initial ^ is an older prosodic mark: "
+                                     "Peters's transcripts have '^ever(y)body', pylangacq reads them"),
     "E302_missing_node.cha": ("error", 7, "malformed main tier"),
     "E309_unexpected_syntax.cha": ("accepted", ["hello world."], "'##' is older CHAT's long pause"),
     "E312_unclosed_bracket.cha": ("utterance", 7, "unmatched '['"),
@@ -307,3 +307,27 @@ def test_word_counts_agree_with_pylangacq(childes):
     # the pause is not a word, the retraced word is the first "no", so ours ("no.") is the right reading.
     assert total == 58008
     assert agreement >= 0.999
+
+
+def test_spoken_forms_match_pylangacq_audible_words(shared_data):
+    """pylangacq's `audible` view keeps the form said before a replacement, as --forms spoken does. It also keeps
+    retraced words, xxx, fillers, [x N] repeats and drops shortened sounds, so compare the utterances with a
+    replacement and none of those: there the words must be the same, one for one."""
+    files = [str(f) for f in sorted((shared_data / "childes").rglob("*.cha")) if b"[: " in f.read_bytes()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reader = pylangacq.CHAT.from_files(files, mor_tier=None, gra_tier=None, strict=False)
+    other_differences = re.compile(r"\(|\[/|\[x |\bxxx|\byyy|\bwww|&|(?<!\S)0|\[e\]")
+    compared, differ = 0, []
+    for path, theirs in zip(reader.file_paths, reader.utterances(by_file=True)):
+        theirs = [u for u in theirs if u.participant]
+        mine = read_chat(path).utterances
+        assert len(mine) == len(theirs), path
+        for m, t in zip(mine, theirs):
+            if re.search(r"\[::? ", m.raw) and not other_differences.search(m.raw):
+                compared += 1
+                words = [p.lower() for w in t.audible.split() if not PUNCTUATION.match(w)
+                         for p in re.split(r"[_+]", w) if p]
+                if re.findall(r"[\w'’-]+", m.text) != words:
+                    differ.append(f"{path}:{m.line}: {m.raw!r} -> ours {m.text!r}, pylangacq {t.audible!r}")
+    assert compared == 302 and differ == [], differ

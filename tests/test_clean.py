@@ -36,7 +36,7 @@ RULES = {
     "clause separator ; inside a group": ("<the lunch at one; the xxx at five> [<] .", "the lunch at one, the at five."),
     "clause separator ; on its own": ("well ; okay .", "well, okay."),
     "older pauses # ## ### and timed": ("wait # a ## minute ### now #2.5 #1:02.5 .", "wait a minute now."),
-    "word-initial ^ (older blocking mark) with shortenings": ("^ever(y)body hold (h)im down .",
+    "word-initial ^ (older prosodic mark) with shortenings": ("^ever(y)body hold (h)im down .",
                                                               "everybody hold him down."),
     "word-initial ^ on a later word": ("tape ^recorder ?", "tape recorder?"),
     "overlap markers dropped": ("if we have <some time> [>] we ⌈ can ⌉ ⌊2 go ⌋2 .", "if we have some time we can go."),

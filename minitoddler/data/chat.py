@@ -11,11 +11,11 @@ What a problem costs, so that one odd line never loses a whole transcript:
   - an annotation the cleaner does not know ("[& x]") is dropped, the rest of the utterance is read;
   - other markup that cannot be read safely ("hello <world .") drops that utterance: it stays in
     `utterances` with text "" (so it still ends a turn);
-  - an @ID or dependent tier of the wrong shape is ignored.
-Each of these is a warning "file:line: message"; dropped utterances and annotations are also listed in
-`Transcript.dropped` with a fixed `reason` for counting. So are problems that cannot change the words (a
-speaker missing from @Participants, a trailing comma in @Languages, no @End). strict=True turns every
-problem except those last three into a ChatError, the behaviour of a validator.
+  - a header, @ID or dependent tier of the wrong shape is ignored.
+Each of these is a warning "file:line: message" in `Transcript.warnings`, as are problems that cannot change
+the words (a speaker missing from @Participants, a trailing comma in @Languages, no @End); each dropped
+utterance or annotation is also in `Transcript.dropped`, with a fixed `reason` for counting. strict=True
+makes the markup, header, @ID and dependent-tier problems ChatErrors instead, as a validator would.
 """
 import re
 from dataclasses import dataclass, field
@@ -155,13 +155,13 @@ def _clean(transcript: Transcript, strict: bool, line: int, raw: str, keep_fille
         try:
             return clean_utterance(text, keep_fillers=keep_fillers, forms=forms)
         except MarkupError as e:
-            if e.token and e.token in text and not strict:
+            if strict:
+                raise ChatError(transcript.path, line, e.reason, str(e)[len(e.reason):]) from None
+            if e.token and e.token in text:  # each pass removes one annotation, so the loop ends
                 text = text.replace(e.token, " ", 1)
                 transcript.dropped.append(Dropped(line, "annotation", e.reason, e.token))
                 transcript.warnings.append(f"{transcript.path}:{line}: annotation dropped: {e}")
                 continue
-            if strict:
-                raise ChatError(transcript.path, line, e.reason, str(e)[len(e.reason):]) from None
             transcript.dropped.append(Dropped(line, "utterance", e.reason, raw))
             transcript.warnings.append(f"{transcript.path}:{line}: utterance dropped: {e}")
             return ""

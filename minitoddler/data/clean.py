@@ -21,7 +21,7 @@ One function, `clean_utterance`, applies every rule below; each rule has a unit 
     special form markers                   word@c hao3@s:zho b@l                 word hao3 b
     compounds                              ice+cream how_about                   ice cream / how about
     prosody inside words                   no:: o^kay ˈhello                     no okay hello
-    word-initial ^ (older CHAT blocking)   ^ever(y)body tape ^recorder           everybody tape recorder
+    word-initial ^ (older prosodic mark)   ^ever(y)body tape ^recorder           everybody tape recorder
     terminators                            +... +/. +//. +? +!? +"/. +..?        ... . . ? ? . ?
     linkers                                +" +, ++ +< +^                        (nothing)
     separators, clause separator ;         ‡ „ ; (also glued: sheep;)            ,
