@@ -98,6 +98,10 @@ def test_openai_client_plain_and_streamed(server, model_and_tok):
     pieces = [ch.choices[0].delta.content or "" for ch in chunks]
     assert "".join(pieces) == want and sum(1 for p in pieces if p) > 3  # arrived in pieces, not at the end
     assert [ch.choices[0].finish_reason for ch in chunks][-1] == "length"
+    last = list(c.chat.completions.create(model=server.name, messages=[{"role": "user", "content": LINES[0]}],
+                                          max_tokens=12, temperature=0, stream=True,
+                                          stream_options={"include_usage": True}))[-1]
+    assert last.choices == [] and (last.usage.prompt_tokens, last.usage.completion_tokens) == (n_prompt, 12)
     assert [m.id for m in c.models.list().data] == [server.name]
 
 
