@@ -72,9 +72,8 @@ def test_dialogue_format_and_end_of_input(model_dir):
 
 
 def test_model_flag_is_required():
-    r = subprocess.run([sys.executable, "-m", "minitoddler.chat"], input="", capture_output=True, text=True, cwd=REPO,
-                       timeout=120)
-    assert r.returncode != 0 and "--model DIR is required" in r.stderr
+    with pytest.raises(SystemExit, match="--model DIR is required"):
+        chat.main([])
 
 
 def test_fit_prompt_drops_oldest_turns_never_the_system_prompt(model_dir):
