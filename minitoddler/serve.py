@@ -113,7 +113,7 @@ class Engine:
 
     def __init__(self, model, tokenizer, fmt: str, max_batch: int = 32, batch_wait_ms: float = 5.0):
         self.model, self.tokenizer, self.fmt = model, tokenizer, fmt
-        self.stops = reply_stops(model, tokenizer, fmt)
+        self.stops = frozenset(reply_stops(model, tokenizer, fmt))
         self.context = model.cfg.max_position_embeddings
         self.max_batch, self.batch_wait = max_batch, batch_wait_ms / 1000
         self.queue: queue.Queue = queue.Queue()
@@ -194,7 +194,7 @@ class Engine:
 
         try:
             generate(self.model, [row.job.prompt for row in rows], max(job.max_tokens for job in batch),
-                     temperature=first.temperature, top_p=first.top_p, stop_ids=self.stops, seed=first.seed,
+                     temperature=first.temperature, top_p=first.top_p, stop_ids=sorted(self.stops), seed=first.seed,
                      on_token=on_token)
         except Exception as e:  # answer every waiting client, keep serving
             for job in batch:
@@ -208,8 +208,7 @@ class Engine:
                 choices.append({"text": text, "finish_reason": "stop" if stopped else row.finish or "length",
                                 "tokens": row.produced, "sent": row.sent})
             job.events.put(("done", {"choices": choices, "prompt_tokens": len(job.prompt),
-                                     "completion_tokens": sum(c["tokens"] for c in choices),
-                                     "batch_rows": len(rows)}))
+                                     "completion_tokens": sum(c["tokens"] for c in choices)}))
 
 
 # --- requests ------------------------------------------------------------------------------------
