@@ -107,13 +107,29 @@ def test_saved_reward_model_loads_back_and_in_transformers(tmp_path, hf_classifi
     assert (tmp_path / "rm" / "vocab.txt").read_text().split("\n")[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def test_new_head_on_an_encoder(tmp_path, wordpiece):
+def test_reward_training_from_a_bert_directory_learns(tmp_path):
+    """`--init BERT_DIR`: a transformers-written encoder without a head gets one, and training moves
+    the encoder too, until the held-out loss of a separable toy set falls and its accuracy rises."""
+    from safetensors.torch import load_file
+    from test_rewards_train import toy_pairs  # the toy set of the training-command tests
+    from minitoddler.rewards.train import main
+    data = toy_pairs(tmp_path / "toy.jsonl")
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    init = tmp_path / "encoder"
     torch.manual_seed(2)
-    transformers.BertModel(tiny_hf_config(wordpiece.get_vocab_size()), add_pooling_layer=False).save_pretrained(tmp_path)
-    wordpiece.save(str(tmp_path / "tokenizer.json"))
-    m = load_bert(tmp_path, new_head=True)
-    s = m.score(REPLIES)
-    assert m.num_labels == 1 and s.shape == (len(REPLIES),) and ((s > 0) & (s < 1)).all()
+    wordpiece = train_wordpiece([r["prompt"] + " " + r["reply"] for r in rows], vocab_size=120)
+    transformers.BertModel(tiny_hf_config(wordpiece.get_vocab_size()), add_pooling_layer=False).save_pretrained(init)
+    wordpiece.save(str(init / "tokenizer.json"))
+    fresh = load_bert(init, new_head=True)
+    assert fresh.num_labels == 1 and ((fresh.score(REPLIES) > 0) & (fresh.score(REPLIES) < 1)).all()
+    info = main(["--kind", "coherence", "--data", str(data), "--prompt-col", "prompt", "--reply-col", "reply",
+                 "--label-col", "score", "--init", str(init), "--out", str(tmp_path / "rm"), "--epochs", "4",
+                 "--batch-size", "10", "--lr", "3e-3", "--val-fraction", "0.25", "--device", "cpu"])
+    assert info["val"]["loss"] < 0.5 * info["val_before"]["loss"] and info["val"]["accuracy"] >= 0.95
+    assert 0.3 <= info["val_before"]["accuracy"] <= 0.7
+    name = "encoder.layer.0.attention.self.query.weight"
+    before, after = load_file(init / "model.safetensors"), load_file(tmp_path / "rm" / "model.safetensors")
+    assert not torch.allclose(before[name], after["bert." + name])
 
 
 def test_clear_errors(tmp_path, hf_classifier):

@@ -126,10 +126,58 @@ def test_age_labels_piecewise_linear():
     assert got == pytest.approx([1.0, 1.0, 0.875, 0.75, 0.5, 0.25, 0.125, 0.0, 0.0])
 
 
-def test_childes_examples_label_by_age(shared_data):
-    texts, labels, groups, skipped = childes_examples([shared_data / "childes/brown-eve/eve01.cha"])
-    assert len(texts) > 100 and skipped == 0
-    assert labels == pytest.approx([1.0 - 0.25 * 6 / 23] * len(labels))  # Eve is 1;6 in the first transcript
+def test_childes_examples_label_by_age_and_adults(shared_data):
+    eve01 = shared_data / "childes/brown-eve/eve01.cha"
+    rows = childes_examples([eve01])
+    children = [y for y, adult in zip(rows.labels, rows.adult) if not adult]
+    assert len(children) > 100 and rows.skipped == 0
+    assert children == pytest.approx([1.0 - 0.25 * 6 / 23] * len(children))  # Eve is 1;6 in the first transcript
+    # Eve's mother and the investigators said more than Eve: ratio 1 keeps as many adults as child rows.
+    assert rows.adults_available > len(children) and sum(rows.adult) == len(children)
+    assert all(y == 0.0 for y, adult in zip(rows.labels, rows.adult) if adult)
+    assert sum(childes_examples([eve01], adult_ratio=0.5).adult) == round(0.5 * len(children))
+    assert sum(childes_examples([eve01], adult_ratio=0).adult) == 0
+    assert sum(childes_examples([eve01], adult_ratio=100).adult) == rows.adults_available
+
+
+CHA = """@UTF8
+@Begin
+@Languages:\teng
+@Participants:\tCHI Ann Target_Child, MOT Mary Mother, SIS Sue Sister, ENV Environment, INV Ian Investigator
+@ID:\teng|test|CHI|2;0.|female|||Target_Child|||
+@ID:\teng|test|MOT|||||Mother|||
+@ID:\teng|test|SIS|||||Sister|||
+@ID:\teng|test|ENV|||||Environment|||
+@ID:\teng|test|INV|||||Investigator|||
+*MOT:\tdo you want juice ?
+*CHI:\tjuice !
+*SIS:\tI want juice too .
+*ENV:\tdoorbell .
+*CHI:\tmore .
+*INV:\tshe is hungry .
+*MOT:\there you are .
+*CHI:\txxx .
+@End
+"""
+
+
+def test_childes_examples_rows_of_a_hand_written_transcript(tmp_path):
+    path = tmp_path / "ann.cha"
+    path.write_text(CHA)
+    rows = childes_examples([path], adult_ratio=100)
+    # Ann (2;0 = 24 months: label 1 - 0.25 * 12/23) said two words-bearing things; "xxx" is empty after
+    # cleaning. Mother and investigator are adults; the sister and the environment are neither.
+    assert rows.texts == ["juice!", "more.", "do you want juice?", "she is hungry.", "here you are."]
+    assert rows.labels == pytest.approx([1 - 0.25 * 12 / 23] * 2 + [0.0] * 3)
+    assert rows.adult == [False, False, True, True, True] and rows.ages == [24.0, 24.0, None, None, None]
+    assert rows.groups == [str(path)] * 5 and rows.adults_available == 3 and rows.skipped == 0
+    assert rows.auc_classes() == [1, 1, 0, 0, 0]
+    picked = [childes_examples([path], adult_ratio=0.5, seed=s).texts for s in range(20)]
+    assert all(len(t) == 3 and t[:2] == ["juice!", "more."] for t in picked)  # round(0.5 * 2) = 1 adult
+    assert len({t[2] for t in picked}) == 3  # drawn at random: each adult line turns up over 20 seeds
+    assert childes_examples([path], adult_ratio=0.5, seed=3).texts == picked[3]
+    with pytest.raises(ValueError, match="adult_ratio"):
+        childes_examples([path], adult_ratio=-1)
 
 
 def test_clarity_heuristic_and_top_fraction(tmp_path):

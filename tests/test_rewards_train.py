@@ -1,12 +1,34 @@
-"""The RM-1 / RM-2 training command on real data (tiny scratch BERTs, one short epoch)."""
+"""The RM-1 / RM-2 training command: it learns a separable toy set, and runs on real data (tiny scratch
+BERTs, short epochs); the ROC AUC against hand counts and scikit-learn."""
 import json
+import random
 
+import numpy as np
+import pytest
+import sklearn.metrics  # test-only: the ROC AUC reference
 import torch
 import transformers  # test-only: the trained directory must load there too
 
 from minitoddler.rewards import build_reward
 from minitoddler.rewards.bert import load_bert
-from minitoddler.rewards.train import group_split, main
+from minitoddler.rewards.train import group_split, main, roc_auc
+
+TINY = ["--vocab-size", "300", "--scratch-hidden", "32", "--scratch-layers", "1", "--device", "cpu"]
+
+
+def toy_pairs(path, n_prompts=40, per_prompt=5, seed=0):
+    """A separable set: a reply of toddler words scores 5, a reply of adult words 0, whatever the prompt."""
+    rng, toddler, adult = random.Random(seed), ["juice", "ball", "doggie", "more", "mine"], \
+        ["mortgage", "quarterly", "analysis", "regarding", "invoice"]
+    rows = [{"prompt": f"what is {i} ?", "reply": " ".join(rng.choices(words, k=2)), "score": 5 * good}
+            for i in range(n_prompts) for good in (rng.random() < 0.5 for _ in range(per_prompt))
+            for words in [toddler if good else adult]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_group_split_keeps_groups_whole():
@@ -16,15 +38,38 @@ def test_group_split_keeps_groups_whole():
     assert not {groups[i] for i in train} & {groups[i] for i in val}
 
 
+def test_roc_auc_by_hand_and_against_sklearn():
+    # Positives 0.9, 0.8, 0.3 against negatives 0.8, 0.1: 1 + 1, 0.5 (tie) + 1, 0 + 1 = 4.5 of 6 pairs;
+    # the None row is left out.
+    assert roc_auc([0.9, 0.8, 0.3, 0.8, 0.1, 5.0], [1, 1, 1, 0, 0, None]) == 0.75
+    assert roc_auc([0.2, 0.1], [1, 0]) == 1.0 and roc_auc([0.1, 0.2], [1, 0]) == 0.0
+    assert np.isnan(roc_auc([0.1, 0.2], [1, 1]))
+    rng = np.random.default_rng(0)
+    scores, classes = rng.integers(0, 20, 500) / 20, rng.integers(0, 2, 500)  # many ties
+    assert roc_auc(scores, classes.tolist()) == pytest.approx(sklearn.metrics.roc_auc_score(classes, scores), abs=1e-12)
+
+
+def test_training_learns_a_separable_toy_set(tmp_path):
+    out = tmp_path / "rm"
+    info = main(["--kind", "coherence", "--data", str(toy_pairs(tmp_path / "toy.jsonl")), "--prompt-col", "prompt",
+                 "--reply-col", "reply", "--label-col", "score", "--init", "scratch", "--out", str(out),
+                 "--epochs", "4", "--batch-size", "10", "--lr", "3e-3", "--val-fraction", "0.25", *TINY])
+    before, after = info["val_before"], info["val"]
+    assert info["val_rows"] >= 50 and 0.3 <= before["accuracy"] <= 0.7  # a fresh head guesses
+    assert after["loss"] < 0.5 * before["loss"] and after["accuracy"] >= 0.95
+    assert metrics(out)[-1]["val_loss"] == after["loss"]
+    ours = load_bert(out)
+    assert ours.score(["what is it ?"] * 2, ["more juice", "quarterly invoice"]).tolist() == \
+        pytest.approx([1, 0], abs=0.2)
+
+
 def test_train_coherence_from_scratch_saves_hf_layout(shared_data, tmp_path):
     out = tmp_path / "rm2"
     info = main(["--kind", "coherence", "--data", str(shared_data / "ppo/responses_with_scores.csv"),
                  "--init", "scratch", "--out", str(out), "--epochs", "1", "--limit", "150", "--batch-size", "50",
-                 "--lr", "1e-3", "--val-fraction", "0.02", "--vocab-size", "300", "--scratch-hidden", "32",
-                 "--scratch-layers", "1", "--device", "cpu"])
+                 "--lr", "1e-3", "--val-fraction", "0.02", *TINY])
     assert info["train_rows"] == 150 and info["val_rows"] >= 0.02 * 5846
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1] and 0 <= rows[1]["val_accuracy"] <= 1
+    assert [r["epoch"] for r in metrics(out)] == [0, 1] and "val_auc" not in metrics(out)[1]
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
     ours = load_bert(out)
     assert ours.max_length == 96
@@ -38,14 +83,17 @@ def test_train_coherence_from_scratch_saves_hf_layout(shared_data, tmp_path):
     assert torch.allclose(reward.score(prompts, replies), (ours.score(prompts, replies) - lo) / (hi - lo))
 
 
-def test_train_childlike_on_childes(shared_data, tmp_path):
+def test_train_childlike_on_childes_tells_children_from_adults(shared_data, tmp_path):
+    """Children and adults of real transcripts, held out by transcript: the AUC rises well above chance."""
     out = tmp_path / "rm1"
-    naomi = sorted((shared_data / "childes/sachs-naomi").glob("*.cha"))
-    info = main(["--kind", "childlike", "--data", str(shared_data / "childes/brown-eve/eve01.cha"),
-                 str(naomi[-1]), str(naomi[0]), "--init", "scratch", "--out", str(out), "--epochs", "1",
-                 "--limit", "100", "--val-fraction", "0.3", "--vocab-size", "300", "--scratch-hidden", "32",
-                 "--scratch-layers", "1", "--lr", "1e-3", "--device", "cpu"])
-    assert info["train_rows"] == 100 and info["val_rows"] > 0
+    eve, naomi = (sorted((shared_data / "childes" / d).glob("*.cha")) for d in ("brown-eve", "sachs-naomi"))
+    info = main(["--kind", "childlike", "--data", *map(str, (eve[0], eve[5], naomi[0], naomi[10])), "--init",
+                 "scratch", "--out", str(out), "--epochs", "2", "--limit", "1500", "--batch-size", "50",
+                 "--val-fraction", "0.3", "--lr", "2e-3", *TINY])
+    assert info["train_rows"] == 1500 and info["val_rows"] > 500
+    assert info["val_before"]["auc"] < 0.65 and info["val"]["auc"] > 0.8
+    assert [r["epoch"] for r in metrics(out)] == [0, 1, 2] and "val_auc" in metrics(out)[2]
+    assert set(info["probes"]) == {"me carry bag", "Certainly! Here is a detailed explanation of the process."}
     assert load_bert(out).max_length == 32
     s = build_reward("childlike", {"childlike_model": str(out)}).score(["hi"], ["more juice"])
-    assert s.shape == (1,) and 0 < float(s) < 1
+    assert torch.allclose(s, load_bert(out).score(["more juice"]))

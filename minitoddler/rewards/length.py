@@ -138,10 +138,8 @@ class LengthReward:
         return torch.tensor([self.model.score_text(r) for r in replies], dtype=torch.float32)
 
 
-def child_utterances(paths: list[str | Path]):
-    """(transcript path, age in months or None, text) of every target-child utterance under `paths`
-    (.cha files or directories searched recursively)."""
-    from ..data.chat import read_chat
+def cha_files(paths: list[str | Path]) -> list[Path]:
+    """The .cha files named in `paths` (files, or directories searched recursively)."""
     files = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -152,8 +150,15 @@ def child_utterances(paths: list[str | Path]):
             raise FileNotFoundError(f"{p} not found: pass CHILDES .cha files or directories holding them")
     if not files:
         raise FileNotFoundError(f"no .cha files under {', '.join(map(str, paths))}")
-    for f in files:
-        transcript = read_chat(f, lenient=True)
+    return files
+
+
+def child_utterances(paths: list[str | Path]):
+    """(transcript path, age in months or None, text) of every target-child utterance under `paths`
+    (.cha files or directories searched recursively)."""
+    from ..data.chat import read_chat
+    for f in cha_files(paths):
+        transcript = read_chat(f)
         child = transcript.target_child
         for u in transcript.utterances:
             if u.speaker == child and u.text:

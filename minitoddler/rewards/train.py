@@ -11,11 +11,16 @@ Soft labels in [0, 1], BCEWithLogits, AdamW (weight decay 0.01, not on biases/no
 over the first 10% of steps then linear decay. Defaults follow the released RM-2 recipe: 5 epochs,
 LR 2e-5, batch 150, max length 96 (32 for RM-1).
 
+RM-1 trains on target-child utterances (soft labels from age) and adult utterances (label 0), at most
+--adult-ratio adults per child utterance of each transcript (see rewards/childlike.py).
+
 The held-out split is by group, so nothing of it is seen in training: whole transcripts for RM-1, all
 pairs of one caregiver prompt for RM-2 (the original split leaked test rows into training).
 --out receives the model in the Hugging Face layout (loads with `load_bert` and in transformers),
-metrics.jsonl (per-epoch held-out loss / accuracy at 0.5 / Pearson r / MAE), train_info.json and
-score_range.json (min and max score over the training inputs, for RM-2's min-max normalisation).
+metrics.jsonl (per-epoch held-out loss / accuracy at 0.5 / Pearson r / MAE, and for RM-1 the ROC AUC
+between children under 3;0 and adults), train_info.json (for RM-1 also the scores of a few probe
+replies) and score_range.json (min and max score over the training inputs, for RM-2's min-max
+normalisation).
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from ..checkpoint import atomic_write
 from ..data.prepare import SAMPLE_DIR
 from ..trainer import MetricsLog, autocast, check_finite, make_optimizer, pick_device
 from .bert import Bert, BertConfig, load_bert, save_bert, train_wordpiece
-from .childlike import childes_examples
+from .childlike import ADULT_RATIO, PROBES, childes_examples
 from .coherence import RANGE_FILE, read_pairs
 from .references import prompt_key
 
@@ -65,36 +70,61 @@ def scratch_bert(texts: list[str], vocab_size: int, hidden: int, layers: int, he
     return Bert(cfg, tokenizer, max_length, num_labels=1)
 
 
-def evaluate(model: Bert, a: list[str], b: list[str] | None, labels: list[float], batch_size: int) -> dict:
-    """Held-out BCE, accuracy of (p > 0.5) against (label > 0.5), Pearson r and mean absolute error."""
+def roc_auc(scores, classes: list[int | None]) -> float:
+    """P(a row of class 1 scores above a row of class 0), ties counting one half (the Mann-Whitney U
+    statistic / (n1 n0), from average ranks); rows of class None are left out. NaN without both classes."""
+    s = np.asarray(scores, dtype=np.float64)
+    c = np.array([-1 if k is None else k for k in classes])
+    s, c = s[c >= 0], c[c >= 0]
+    n1, n0 = int((c == 1).sum()), int((c == 0).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    values, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based average rank of each row
+    return float((ranks[c == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def evaluate(model: Bert, a: list[str], b: list[str] | None, labels: list[float], batch_size: int,
+             auc_classes: list[int | None] | None = None) -> dict:
+    """Held-out BCE, accuracy of (p > 0.5) against (label > 0.5), Pearson r and mean absolute error,
+    and the ROC AUC between rows of class 1 and class 0 when `auc_classes` is given."""
     p = model.score(a, b, batch_size=batch_size).double().clamp(1e-7, 1 - 1e-7)
     y = torch.tensor(labels, dtype=torch.float64)
     pearson = float(np.corrcoef(p.numpy(), y.numpy())[0, 1]) if len(y) > 1 and p.std() > 0 and y.std() > 0 \
         else float("nan")
-    return {"loss": float(F.binary_cross_entropy(p, y)), "accuracy": float(((p > 0.5) == (y > 0.5)).double().mean()),
-            "pearson": pearson, "mae": float((p - y).abs().mean())}
+    out = {"loss": float(F.binary_cross_entropy(p, y)), "accuracy": float(((p > 0.5) == (y > 0.5)).double().mean()),
+           "pearson": pearson, "mae": float((p - y).abs().mean())}
+    if auc_classes is not None:
+        out["auc"] = roc_auc(p.numpy(), auc_classes)
+    return out
 
 
-def load_data(args) -> tuple[list[str], list[str] | None, list[float], list[str]]:
-    """(texts, second texts or None, labels, group of each row) for --kind."""
+def load_data(args) -> tuple[list[str], list[str] | None, list[float], list[str], list[int | None] | None]:
+    """(texts, second texts or None, labels, group of each row, AUC class of each row or None) for --kind."""
     if args.kind == "childlike":
-        texts, labels, groups, skipped = childes_examples(args.data)
-        print(f"{len(texts)} child utterances with a known age ({skipped} without age skipped), "
-              f"labels {min(labels):.2f}..{max(labels):.2f}, mean {sum(labels) / len(labels):.3f}")
-        return texts, None, labels, groups
+        rows = childes_examples(args.data, args.adult_ratio, args.seed)
+        n_adult = sum(rows.adult)
+        child_labels = [y for y, adult in zip(rows.labels, rows.adult) if not adult]
+        if not child_labels:
+            raise SystemExit(f"no target-child utterances with a known age in {' '.join(args.data)}")
+        print(f"{len(child_labels)} child utterances with a known age ({rows.skipped} without age skipped), "
+              f"labels {min(child_labels):.2f}..{max(child_labels):.2f}, mean "
+              f"{sum(child_labels) / len(child_labels):.3f}; {n_adult} adult utterances with label 0 "
+              f"(of {rows.adults_available}; --adult-ratio {args.adult_ratio} per child utterance and transcript)")
+        return rows.texts, None, rows.labels, rows.groups, rows.auc_classes()
     if len(args.data) != 1:
         raise SystemExit("--kind coherence takes one --data file (CSV or JSONL of scored pairs)")
     prompts, replies, labels = read_pairs(args.data[0], args.prompt_col, args.reply_col, args.label_col,
                                           args.label_scale)
     print(f"{len(prompts)} scored pairs from {args.data[0]}, mean label {sum(labels) / len(labels):.3f}")
-    return prompts, replies, labels, [prompt_key(p) for p in prompts]
+    return prompts, replies, labels, [prompt_key(p) for p in prompts], None
 
 
 def train(args) -> dict:
     device = pick_device(args.device)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    a, b, labels, groups = load_data(args)
+    a, b, labels, groups, classes = load_data(args)
     train_idx, val_idx = group_split(groups, args.val_fraction, args.seed)
     if args.limit:
         train_idx = sorted(random.Random(args.seed).sample(train_idx, min(args.limit, len(train_idx))))
@@ -105,16 +135,20 @@ def train(args) -> dict:
     def pick(xs, idx):
         return None if xs is None else [xs[i] for i in idx]
     ta, tb, ty = pick(a, train_idx), pick(b, train_idx), pick(labels, train_idx)
-    va, vb, vy = pick(a, val_idx), pick(b, val_idx), pick(labels, val_idx)
+    va, vb, vy, vc = pick(a, val_idx), pick(b, val_idx), pick(labels, val_idx), pick(classes, val_idx)
     print(f"split by {'transcript' if args.kind == 'childlike' else 'prompt'}: {len(ta)} train, {len(va)} held out")
 
     if args.init == "scratch":
         model = scratch_bert(ta + (tb or []), args.vocab_size, args.scratch_hidden, args.scratch_layers,
                              args.scratch_heads, args.max_length, args.seed)
     else:
-        model = load_bert(args.init, max_length=args.max_length, new_head=True)
+        model = load_bert(args.init, new_head=True)
         if model.num_labels != 1:
             raise SystemExit(f"{args.init} has a {model.num_labels}-label head; RM training needs one logit")
+        model.max_length = min(args.max_length, model.cfg.max_position_embeddings)
+        if model.max_length < args.max_length:
+            print(f"note: {args.init} has {model.max_length} positions; inputs are truncated to that many "
+                  f"tokens, not {args.max_length}")
     model.to(device).train()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +160,7 @@ def train(args) -> dict:
     warmup = max(1, int(0.1 * total))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{n_params / 1e6:.1f}M parameters on {device}; {args.epochs} epochs x {steps_per_epoch} steps")
-    before = evaluate(model, va, vb, vy, args.batch_size)
+    before = evaluate(model, va, vb, vy, args.batch_size, vc)
     print(f"held out before training: {json.dumps(before)}")
     log.write(epoch=0, step=0, **{f"val_{k}": v for k, v in before.items()})
     generator = torch.Generator().manual_seed(args.seed)
@@ -155,7 +189,7 @@ def train(args) -> dict:
                 recent = running[-args.log_every:]
                 print(f"step {step}/{total} loss {sum(recent) / len(recent):.4f} "
                       f"lr {lr:.2e} ({time.time() - t0:.0f}s)", flush=True)
-        val = evaluate(model, va, vb, vy, args.batch_size)
+        val = evaluate(model, va, vb, vy, args.batch_size, vc)
         row = {"epoch": epoch, "step": step, "train_loss": sum(running) / len(running),
                **{f"val_{k}": v for k, v in val.items()}, "seconds": round(time.time() - t0, 1)}
         log.write(**row)
@@ -170,6 +204,9 @@ def train(args) -> dict:
                 "mean_label_mae": float(np.mean([abs(y - mean_label) for y in vy]))}
     info = {"args": vars(args), "train_rows": len(ta), "val_rows": len(va), "val": val, "val_before": before,
             "val_baseline": baseline, "seconds": round(time.time() - t0, 1)}
+    if args.kind == "childlike":
+        info["probes"] = dict(zip(PROBES, model.score(list(PROBES)).tolist()))
+        print("probe replies: " + ", ".join(f"{t!r} {s:.3f}" for t, s in info["probes"].items()))
     atomic_write(out / "train_info.json", lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     print(f"held-out baselines (constant = mean train label): {json.dumps(baseline)}")
     print(f"wrote {out} (model, metrics.jsonl, train_info.json, {RANGE_FILE})")
@@ -190,6 +227,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=150)
     ap.add_argument("--max-length", type=int, default=None, help="tokens (default 32 childlike, 96 coherence)")
     ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--adult-ratio", type=float, default=ADULT_RATIO,
+                    help="childlike: at most this many adult utterances (label 0) per target-child utterance "
+                         "of each transcript, drawn at random (0: children only; a large value keeps all)")
     ap.add_argument("--limit", type=int, default=0, help="train on at most this many rows (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
