@@ -193,7 +193,8 @@ def test_every_reference_file_reads(shared_data):
     assert len(files) == 100
     languages, n = {}, 0
     for f in files:
-        t = read_chat(f)
+        t = read_chat(f, strict=True)  # no problem at all, not even one that strict mode would raise
+        assert t.warnings == [] and t.dropped == [], t.warnings
         n += len(t.utterances)
         languages[f.name] = t.languages
     assert n == 1149
