@@ -10,6 +10,7 @@ import torch
 
 from minitoddler.checkpoint import save_model
 from minitoddler.config import ModelConfig
+from minitoddler.evals.report import compare_runs, render_report
 from minitoddler.model import ToddlerLM
 from minitoddler.tokenizer import load_tokenizer, train_tokenizer
 
@@ -150,3 +151,27 @@ def test_normalize_scores_the_training_format(model_dir, shared_data, tmp_path):
     assert raw["good"] == "*CHI: I am blue ." and raw["good_logprob"] != rows[0]["good_logprob"]
     with pytest.raises(SystemExit, match="--normalize applies to the minimal-pair tasks"):
         run("--model", model_dir, "--out", tmp_path / "g", "--task", "generation", "--normalize")
+
+
+def test_report_and_compare_by_hand(tmp_path):
+    """Paradigms of unequal size, so macro (mean over paradigms) and micro (over pairs) differ; the
+    expected text is written out here."""
+    task = {"macro_accuracy": (1 / 3 + 1) / 2, "micro_accuracy": 2 / 4, "n_pairs": 4, "ties": 1,
+            "convention": "bos", "bow_correction": False, "seconds": 2.0,
+            "paradigms": {"b": {"n": 1, "correct": 1, "ties": 0, "accuracy": 1.0},
+                          "a": {"n": 3, "correct": 1, "ties": 1, "accuracy": 1 / 3}}}
+    results = {"model": "m", "tokenizer": "t", "updated": "u", "tasks": {"zorro": task}}
+    assert render_report(results).splitlines() == [
+        "# Evaluation of `m`", "", "Tokenizer: `t`. Updated u.", "", "## zorro", "",
+        "Convention: bos (BOS + sentence, every sentence token scored). 4 pairs in 2 paradigms; ties (1) count "
+        "as wrong.", "", "**Macro accuracy 66.7%** (mean over paradigms); micro 50.0% (over pairs).", "",
+        "Scored in 2.0 s (2 pairs/s).", "", "| paradigm | pairs | accuracy % | ties |", "|---|---:|---:|---:|",
+        "| a | 3 | 33.3 | 1 |", "| b | 1 | 100.0 | 0 |"]
+    for name, convention in (("x", "bos"), ("y", "minicons")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(
+            {**results, "tasks": {"zorro": {**task, "convention": convention, "bow_correction": name == "y"}}}))
+    assert compare_runs([tmp_path / "x", tmp_path / "y"]) == (
+        "| | x | y |\n|---|---:|---:|\n| model | `m` | `m` |\n| zorro: macro accuracy % | 66.7 | 66.7 |\n"
+        "| zorro: micro accuracy % | 50.0 | 50.0 |\n| zorro: convention | bos | minicons + bow |\n"
+        "| zorro / a | 33.3 | 33.3 |\n| zorro / b | 100.0 | 100.0 |\n")
