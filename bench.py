@@ -1,17 +1,22 @@
-"""Speed of the model, side by side with transformers' LlamaForCausalLM of the same config and weights.
+"""Speed of the model in fp32 and in the `--dtype auto` precision, side by side, and against
+transformers' LlamaForCausalLM of the same config and weights.
 
-Measures forward+backward tokens/s at training shapes (batch x seq) and KV-cache generation tokens/s
-(a batch of prompts of different lengths, a fixed number of new tokens), interleaving the two
-implementations and quoting the median of per-round ratios, since CPU timings drift. Achieved FLOP/s
-are shown against the device peak: measured with a large matmul on CPU, the datasheet bf16 figure on GPU.
+Measures forward+backward tokens/s at training shapes (batch x seq; fp32 weights, under autocast
+when bf16, as training runs) and KV-cache generation tokens/s (a batch of prompts of different
+lengths, a fixed number of new tokens; weights in the inference dtype), interleaving every variant
+and quoting medians of per-round ratios, since CPU timings drift. Achieved FLOP/s are shown against
+the peak of the dtype in use: a measured matmul on CPU (cached per machine), the datasheet bf16
+figure on GPU. The CPU's model name and its bf16-relevant flags are printed with the figures.
 
-    python bench.py                      # toddler-155m, fp32 on CPU / bf16 on GPU
+    python bench.py                      # toddler-155m: fp32 and auto (bf16 on CPUs with avx512_bf16/amx_bf16)
     python bench.py --model tiny --rounds 5 --json
+    python bench.py --dtype bf16 --no-hf  # force the bf16 side (e.g. to see it is slower on AVX2-only CPUs)
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -25,8 +30,9 @@ from minitoddler.cli import parse_config
 from minitoddler.config import preset
 from minitoddler.generate import generate
 from minitoddler.model import ToddlerLM
-from minitoddler.trainer import device_peak_flops, pick_device
+from minitoddler.trainer import cpu_flags, cpu_name, device_peak_flops, pick_device, resolve_dtype
 
+SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
 @dataclass
@@ -38,8 +44,10 @@ class BenchConfig:
     new_tokens: int = 64
     rounds: int = 3
     device: str = "auto"
+    dtype: str = "auto"       # the precision measured beside fp32: auto | bf16 | fp32
     compile: bool = False
     threads: int = 0          # 0 = torch's default
+    no_hf: bool = False       # skip transformers' side (half the time)
     json: bool = False
 
 
@@ -57,83 +65,118 @@ def main(cfg: BenchConfig):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    chosen = resolve_dtype(cfg.dtype, device)
+    precisions = [resolve_dtype("fp32", device)] + ([chosen] if chosen.name != "fp32" else [])
     torch.manual_seed(0)
     ours = ToddlerLM(preset(cfg.model)).to(device)
-    try:
-        from transformers import LlamaForCausalLM
-        with tempfile.TemporaryDirectory() as d:
-            save_model(ours, d)
-            theirs = LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).to(device)
-    except ImportError:
-        theirs = None
+    theirs = None
+    if not cfg.no_hf:
+        try:
+            from transformers import LlamaForCausalLM
+            with tempfile.TemporaryDirectory() as d:
+                save_model(ours, d)
+                theirs = LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).to(device)
+        except ImportError:
+            pass
     ours_fwd = torch.compile(ours) if cfg.compile else ours
     V, seq = ours.cfg.vocab_size, cfg.seq
     x = torch.randint(0, V, (cfg.batch, seq + 1), device=device)
 
-    def train_step(model, hf):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    def train_step(model, hf, precision):
+        with precision.autocast():
             logits = model(x[:, :-1]).logits if hf else model(x[:, :-1])
-            loss = F.cross_entropy(logits.float().reshape(-1, V), x[:, 1:].reshape(-1))
+        loss = F.cross_entropy(logits.float().reshape(-1, V), x[:, 1:].reshape(-1))
         loss.backward()
         model.zero_grad(set_to_none=True)
 
     gen = torch.Generator().manual_seed(1)
     lengths = torch.randint(8, 33, (cfg.gen_batch,), generator=gen).tolist()
     prompts = [torch.randint(3, V, (n,), generator=gen).tolist() for n in lengths]
+    outputs = {}
 
-    def gen_ours():
-        generate(ours_gen, prompts, cfg.new_tokens)
+    def gen_ours(model, name):
+        outputs[name] = generate(model, prompts, cfg.new_tokens)
 
-    def gen_theirs():
+    def gen_theirs(model):
         width = max(lengths)
         ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         with torch.no_grad():
-            theirs_gen.generate(ids, attention_mask=mask, max_new_tokens=cfg.new_tokens,
-                                min_new_tokens=cfg.new_tokens, do_sample=False, pad_token_id=0)
+            model.generate(ids, attention_mask=mask, max_new_tokens=cfg.new_tokens,
+                           min_new_tokens=cfg.new_tokens, do_sample=False, pad_token_id=0)
 
-    # Generation runs in the device's inference dtype on its own copy of the weights.
-    ours_gen = copy.deepcopy(ours).to(dtype)
-    theirs_gen = copy.deepcopy(theirs).to(dtype) if theirs is not None else None
-    rows = {"train ours": [], "train hf": [], "gen ours": [], "gen hf": []}
-    runs = [("train ours", lambda: train_step(ours_fwd, False)), ("gen ours", gen_ours)]
-    if theirs is not None:
-        runs += [("train hf", lambda: train_step(theirs, True)), ("gen hf", gen_theirs)]
+    # Training keeps fp32 weights (autocast); generation runs on a copy in the inference dtype.
+    runs = []
+    for p in precisions:
+        ours_gen = copy.deepcopy(ours).to(p.infer_dtype)
+        runs += [(f"train ours {p.name}", lambda p=p: train_step(ours_fwd, False, p)),
+                 (f"gen ours {p.name}", lambda m=ours_gen, n=p.name: gen_ours(m, n))]
+        if theirs is not None:
+            theirs_gen = copy.deepcopy(theirs).to(p.infer_dtype)
+            runs += [(f"train hf {p.name}", lambda p=p: train_step(theirs, True, p)),
+                     (f"gen hf {p.name}", lambda m=theirs_gen: gen_theirs(m))]
+    rows = {name: [] for name, _ in runs}
     for _, fn in runs:  # warm-up: allocators, compilation
         fn()
-    for _ in range(cfg.rounds):  # interleaved, so drift hits both sides alike
+    load_before = os.getloadavg()[0]
+    for _ in range(cfg.rounds):  # interleaved, so drift hits every variant alike
         for name, fn in runs:
             rows[name].append(timed(fn, device))
 
-    peak, peak_src = device_peak_flops(device)
+    flags = cpu_flags()
     train_tokens, gen_tokens = cfg.batch * seq, cfg.gen_batch * cfg.new_tokens
-    train_flops = ours.flops_per_token(seq) * train_tokens
     avg_ctx = statistics.mean(lengths) + cfg.new_tokens / 2
-    gen_flops = ours.flops_per_token(int(avg_ctx), training=False) * (gen_tokens + sum(lengths))
-    result = {"config": asdict(cfg), "device": str(device), "dtype": str(dtype), "threads": torch.get_num_threads(),
-              "params": ours.num_parameters(), "peak_flops": peak, "peak_source": peak_src}
-    for kind, tokens, flops in (("train", train_tokens, train_flops), ("gen", gen_tokens, gen_flops)):
-        t_ours = statistics.median(rows[f"{kind} ours"])
-        result[kind] = {"ours_s": t_ours, "ours_tok_s": tokens / t_ours, "ours_flops_frac": flops / t_ours / peak}
-        if rows[f"{kind} hf"]:
-            t_hf = statistics.median(rows[f"{kind} hf"])
-            ratios = [o / h for o, h in zip(rows[f"{kind} ours"], rows[f"{kind} hf"])]
-            result[kind].update({"hf_s": t_hf, "hf_tok_s": tokens / t_hf, "hf_flops_frac": flops / t_hf / peak,
-                                 "time_ratio_ours_over_hf": statistics.median(ratios)})
+    flops = {"train": ours.flops_per_token(seq) * train_tokens,
+             "gen": ours.flops_per_token(int(avg_ctx), training=False) * (gen_tokens + sum(lengths))}
+    tokens = {"train": train_tokens, "gen": gen_tokens}
+    result = {"config": asdict(cfg), "device": str(device), "threads": torch.get_num_threads(),
+              "cpu": cpu_name(), "cpu_flags": [f for f in SHOWN_FLAGS if f in flags],
+              "auto": str(chosen), "params": ours.num_parameters(),
+              "load_average": [load_before, os.getloadavg()[0]], "dtypes": {}}
+    for p in precisions:
+        peak, peak_src = device_peak_flops(device, p.dtype)
+        entry = {"peak_flops": peak, "peak_source": peak_src}
+        for kind in ("train", "gen"):
+            t_ours = statistics.median(rows[f"{kind} ours {p.name}"])
+            r = {"ours_s": t_ours, "ours_tok_s": tokens[kind] / t_ours, "ours_flops_frac": flops[kind] / t_ours / peak}
+            hf_times = rows.get(f"{kind} hf {p.name}")
+            if hf_times:
+                t_hf = statistics.median(hf_times)
+                ratios = [o / h for o, h in zip(rows[f"{kind} ours {p.name}"], hf_times)]
+                r.update({"hf_s": t_hf, "hf_tok_s": tokens[kind] / t_hf, "hf_flops_frac": flops[kind] / t_hf / peak,
+                          "time_ratio_ours_over_hf": statistics.median(ratios)})
+            entry[kind] = r
+        result["dtypes"][p.name] = entry
+    if len(precisions) == 2:
+        other = precisions[1].name
+        result["speedup_over_fp32"] = {
+            kind: statistics.median(a / b for a, b in zip(rows[f"{kind} ours fp32"], rows[f"{kind} ours {other}"]))
+            for kind in ("train", "gen")}
+        result["same_greedy_rows"] = sum(a == b for a, b in zip(outputs["fp32"], outputs[other]))
     if cfg.json:
         print(json.dumps(result, indent=2))
         return result
-    print(f"{cfg.model}: {result['params'] / 1e6:.1f}M params on {device} ({dtype}, {result['threads']} threads); "
-          f"peak {peak / 1e9:.0f} GFLOP/s ({peak_src})")
-    print(f"{'':28}{'ours tok/s':>12}{'hf tok/s':>12}{'time ours/hf':>14}{'ours % peak':>13}{'hf % peak':>11}")
-    labels = {"train": f"fwd+bwd {cfg.batch}x{seq}",
-              "gen": f"generate {cfg.gen_batch}x{cfg.new_tokens} (cache)"}
+    print(f"{cfg.model}: {result['params'] / 1e6:.1f}M params on {device}, {result['threads']} threads | "
+          f"CPU {result['cpu']}, flags: {' '.join(result['cpu_flags']) or 'none of ' + ' '.join(SHOWN_FLAGS)} | "
+          f"load average {load_before:.1f} -> {result['load_average'][1]:.1f}")
+    print(f"--dtype {cfg.dtype} = {chosen}")
+    for name, e in result["dtypes"].items():
+        print(f"peak {name}: {e['peak_flops'] / 1e9:,.0f} GFLOP/s ({e['peak_source']})")
+    print(f"{'':28}{'dtype':>6}{'ours tok/s':>12}{'hf tok/s':>12}{'time ours/hf':>14}{'ours % peak':>13}"
+          f"{'hf % peak':>11}")
+    labels = {"train": f"fwd+bwd {cfg.batch}x{seq}", "gen": f"generate {cfg.gen_batch}x{cfg.new_tokens} (cache)"}
     for kind, label in labels.items():
-        r = result[kind]
-        hf = (f"{r['hf_tok_s']:>12.1f}{r['time_ratio_ours_over_hf']:>14.2f}" if "hf_s" in r else f"{'-':>12}{'-':>14}")
-        hf_pct = f"{100 * r['hf_flops_frac']:>10.1f}%" if "hf_s" in r else f"{'-':>11}"
-        print(f"{label:28}{r['ours_tok_s']:>12.1f}{hf}{100 * r['ours_flops_frac']:>12.1f}%{hf_pct}")
+        for name, e in result["dtypes"].items():
+            r = e[kind]
+            hf = (f"{r['hf_tok_s']:>12.1f}{r['time_ratio_ours_over_hf']:>14.2f}" if "hf_s" in r
+                  else f"{'-':>12}{'-':>14}")
+            hf_pct = f"{100 * r['hf_flops_frac']:>10.1f}%" if "hf_s" in r else f"{'-':>11}"
+            print(f"{label:28}{name:>6}{r['ours_tok_s']:>12.1f}{hf}{100 * r['ours_flops_frac']:>12.1f}%{hf_pct}")
+    if "speedup_over_fp32" in result:
+        s = result["speedup_over_fp32"]
+        print(f"{precisions[1].name} over fp32 (median of per-round ratios): fwd+bwd {s['train']:.2f}x, "
+              f"generation {s['gen']:.2f}x; {result['same_greedy_rows']} of {cfg.gen_batch} greedy rows "
+              "identical to fp32's")
     return result
 
 

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from minitoddler.checkpoint import model_from_arg, save_model
 from minitoddler.cli import parse_config
 from minitoddler.data.shards import TokenLoader, default_shards, read_meta, shard_tokenizer_dir
-from minitoddler.trainer import (MetricsLog, Progress, StopFlag, autocast, check_finite, device_peak_flops,
-                                 due, grad_accum_steps, lr_at, make_optimizer, resume_checkpoint,
-                                 save_checkpoint, set_lr, start_run, stop_on_nonfinite, unwrap,
-                                 wrap_for_training)
+from minitoddler.trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, device_peak_flops,
+                                 due, grad_accum_steps, lr_at, make_optimizer, resolve_dtype,
+                                 resume_checkpoint, save_checkpoint, set_lr, start_run, stop_on_nonfinite,
+                                 unwrap, wrap_for_training)
 
 
 @dataclass
@@ -49,6 +49,7 @@ class PretrainConfig:
     save_every: int = 1000
     log_every: int = 10
     device: str = "auto"
+    dtype: str = "auto"           # auto | fp32 | bf16; auto = bf16 where the GPU or CPU computes it natively
     seed: int = 1337
     compile: bool = False
     resume: bool = False
@@ -67,7 +68,8 @@ def token_byte_lengths(tokenizer_dir: Path, vocab_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, loader: TokenLoader, batches: int, device, byte_lengths: torch.Tensor) -> tuple[float, float]:
+def evaluate(model, loader: TokenLoader, batches: int, device, byte_lengths: torch.Tensor,
+             precision: Precision) -> tuple[float, float]:
     """Mean validation loss (nats/token) and bits per byte over `batches` batches of a fresh loader
     (the same batches at every evaluation)."""
     model.eval()
@@ -75,8 +77,9 @@ def evaluate(model, loader: TokenLoader, batches: int, device, byte_lengths: tor
     for _ in range(batches):
         x, y = loader.next_batch()
         x, y = x.to(device), y.to(device)
-        with autocast(device):
-            losses = F.cross_entropy(model(x).transpose(1, 2), y, reduction="none")
+        with precision.autocast():
+            logits = model(x)
+        losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
         b = byte_lengths.to(device)[y]
         loss_sum, count = loss_sum + losses.sum().item(), count + y.numel()
         nats, nbytes = nats + (losses * (b > 0)).sum().item(), nbytes + b.sum().item()
@@ -89,6 +92,7 @@ def evaluate(model, loader: TokenLoader, batches: int, device, byte_lengths: tor
 
 def main(cfg: PretrainConfig) -> Path:
     ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
+    precision = resolve_dtype(cfg.dtype, device)
     if cfg.data:
         shard_dir = Path(cfg.data)
     else:
@@ -127,12 +131,14 @@ def main(cfg: PretrainConfig) -> Path:
     train_model = wrap_for_training(model, ddp, device, cfg.compile)
     log = MetricsLog(out, enabled=ddp.is_main)
     stop = StopFlag()
-    peak, peak_src = device_peak_flops(device)
+    peak, peak_src = device_peak_flops(device, precision.dtype)
     flops_per_step = unwrap(model).flops_per_token(seq_len) * cfg.batch_tokens
     if ddp.is_main:
         print(f"model {cfg.model}: {model.num_parameters() / 1e6:.1f}M parameters | data {shard_dir} | "
               f"{cfg.batch_tokens} tokens/step = {ddp.world_size} proc x {accum} accum x "
-              f"{cfg.device_batch_size} x {seq_len} | peak {peak / 1e12:.3g} TFLOP/s ({peak_src})")
+              f"{cfg.device_batch_size} x {seq_len} | peak {peak / 1e12:.3g} TFLOP/s ({peak_src})\n"
+              f"dtype {precision}")
+    log.write(step=start, dtype=precision.name, dtype_reason=precision.reason, peak_flops=peak)
 
     def save(step):
         if ddp.is_main:
@@ -152,7 +158,7 @@ def main(cfg: PretrainConfig) -> Path:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 sync = micro == accum - 1 or ddp.world_size == 1
                 with contextlib.nullcontext() if sync else train_model.no_sync():
-                    with autocast(device):
+                    with precision.autocast():
                         logits = train_model(x)
                     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)) / accum
                     loss.backward()
@@ -173,7 +179,7 @@ def main(cfg: PretrainConfig) -> Path:
                           tokens=done * cfg.batch_tokens, time=progress.elapsed)
                 progress.log(done, loss=loss_value, lr=lr, tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
             if due(done, cfg.eval_every, cfg.steps):
-                val_loss, val_bpb = evaluate(model, val_loader(), eval_batches, device, byte_lengths)
+                val_loss, val_bpb = evaluate(model, val_loader(), eval_batches, device, byte_lengths, precision)
                 log.write(step=done, val_loss=val_loss, val_bpb=val_bpb)
                 progress.note(f"step {done}: val loss {val_loss:.4f}, {val_bpb:.4f} bits/byte")
             stopping = stop.requested  # read once: a signal between two reads must not skip the save
@@ -189,8 +195,8 @@ def main(cfg: PretrainConfig) -> Path:
     if ddp.is_main:
         save_model(model, final, tokenizer=tokenizer_dir)
         print(f"done: {cfg.steps - start} steps, {(cfg.steps - start) * cfg.batch_tokens:,} tokens in "
-              f"{progress.elapsed:.0f}s | final val loss {val_loss:.4f} ({val_bpb:.4f} bits/byte) | "
-              f"model: {final} | metrics: {out / 'metrics.jsonl'}")
+              f"{progress.elapsed:.0f}s ({precision.name}) | final val loss {val_loss:.4f} ({val_bpb:.4f} "
+              f"bits/byte) | model: {final} | metrics: {out / 'metrics.jsonl'}")
     if dist.is_initialized():
         dist.destroy_process_group()
     return final

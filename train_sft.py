@@ -30,9 +30,9 @@ from minitoddler.lora import LoraConfig, apply_lora, merge_lora, parse_targets, 
 from minitoddler.sft import (DEFAULT_STAGES, FLAT_STAGES, build_examples, check_scores, collate, parse_stages,
                              plan_curriculum, read_pairs, response_loss_sum, split_off, stage_batch, stage_subsets)
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
-from minitoddler.trainer import (MetricsLog, Progress, StopFlag, autocast, check_finite, due, lr_at,
-                                 make_optimizer, resume_checkpoint, save_checkpoint, set_lr, start_run,
-                                 stop_on_nonfinite, wrap_for_training)
+from minitoddler.trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, due, lr_at,
+                                 make_optimizer, resolve_dtype, resume_checkpoint, save_checkpoint, set_lr,
+                                 start_run, stop_on_nonfinite, wrap_for_training)
 
 
 @dataclass
@@ -64,6 +64,7 @@ class SFTConfig:
     log_every: int = 10
     samples: int = 5              # validation prompts answered before and after training (0 = none)
     device: str = "auto"
+    dtype: str = "auto"           # auto | fp32 | bf16; auto = bf16 where the GPU or CPU computes it natively
     seed: int = 1337
     compile: bool = False
     resume: bool = False
@@ -87,15 +88,16 @@ def read_train_val(data: Path, cfg: SFTConfig) -> tuple[list[dict], list[dict], 
 
 
 @torch.no_grad()
-def evaluate(model, examples, device_batch_size, pad_id, device, ddp) -> float:
+def evaluate(model, examples, device_batch_size, pad_id, device, ddp, precision: Precision) -> float:
     """Mean loss (nats) per response token over `examples`, split across processes."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     mine = examples[ddp.rank::ddp.world_size]
     for i in range(0, len(mine), device_batch_size):
         ids, mask = (t.to(device) for t in collate(mine[i:i + device_batch_size], pad_id))
-        with autocast(device):
-            loss, n = response_loss_sum(model(ids), ids, mask)
+        with precision.autocast():
+            logits = model(ids)
+        loss, n = response_loss_sum(logits, ids, mask)
         total += torch.tensor([loss.item(), n], dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(total)
@@ -110,6 +112,7 @@ def main(cfg: SFTConfig) -> Path:
                          "`python train_pretrain.py --model tiny --out runs/pre --device cpu`, "
                          "then `python train_sft.py --model runs/pre/final`")
     ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
+    precision = resolve_dtype(cfg.dtype, device)
     if cfg.batch_size % ddp.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {ddp.world_size} processes")
 
@@ -169,15 +172,17 @@ def main(cfg: SFTConfig) -> Path:
     start = resume_checkpoint(ckpt_dir, model, optimizer, setup, ddp.is_main)["step"] if cfg.resume else 0
 
     sample_prompts = [r["prompt"] for r in val_pairs[:cfg.samples]]
-    before = child_replies(model, tokenizer, sample_prompts, cfg.system_prompt) \
-        if sample_prompts and not start and ddp.is_main else []
+    with precision.autocast():
+        before = child_replies(model, tokenizer, sample_prompts, cfg.system_prompt) \
+            if sample_prompts and not start and ddp.is_main else []
     train_model = wrap_for_training(model, ddp, device, cfg.compile)
     log = MetricsLog(out, enabled=ddp.is_main)
     stop = StopFlag()
     if ddp.is_main:
         print(f"model {cfg.model}: {model.num_parameters() / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trained "
               f"({'LoRA rank ' + str(cfg.lora_rank) if lora else 'full fine-tuning'}) | pairs {source}: "
-              f"{len(train_pairs)} train, {len(val_pairs)} val | {cfg.batch_size} pairs/step | {steps} steps")
+              f"{len(train_pairs)} train, {len(val_pairs)} val | {cfg.batch_size} pairs/step | {steps} steps\n"
+              f"dtype {precision}")
         for i, p in enumerate(plan_summary):
             print(f"  stage {i + 1}: top {p['top']:.4g} = {p['pairs']} pairs, lr {p['lr']:.2g}, "
                   f"{p['epochs']:g} epochs, {p['steps']} steps")
@@ -194,6 +199,7 @@ def main(cfg: SFTConfig) -> Path:
             save_checkpoint(ckpt_dir, model, optimizer, step, {"setup": setup, "config": asdict(cfg)},
                             tokenizer=tokenizer_dir)
 
+    log.write(step=start, dtype=precision.name, dtype_reason=precision.reason)
     progress = Progress(steps, start, ddp.is_main)
     boundaries = [sum(p.steps for p in plans[:i]) for i in range(len(plans) + 1)]
     val_loss = float("nan")
@@ -214,7 +220,7 @@ def main(cfg: SFTConfig) -> Path:
                 ids, mask = (t.to(device, non_blocking=True) for t in collate(mb, pad_id))
                 sync = j == len(micro) - 1 or ddp.world_size == 1
                 with contextlib.nullcontext() if sync else train_model.no_sync():
-                    with autocast(device):
+                    with precision.autocast():
                         logits = train_model(ids)
                     summed, _ = response_loss_sum(logits, ids, mask)
                     # DDP averages gradients over processes; scale so the step's gradient is that of
@@ -235,7 +241,7 @@ def main(cfg: SFTConfig) -> Path:
                           response_tokens=n_targets, step_time=time.time() - t0, time=progress.elapsed)
                 progress.log(done, stage=si + 1, loss=loss_value, lr=lr)
             if due(done, cfg.eval_every, steps) or done in boundaries:  # and at the end of each stage
-                val_loss = evaluate(model, val_examples, cfg.device_batch_size, pad_id, device, ddp)
+                val_loss = evaluate(model, val_examples, cfg.device_batch_size, pad_id, device, ddp, precision)
                 log.write(step=done, stage=si + 1, val_loss=val_loss)
                 progress.note(f"step {done} (stage {si + 1}): val loss {val_loss:.4f} per response token")
             stopping = stop.requested  # read once: a signal between two reads must not skip the save
@@ -253,12 +259,13 @@ def main(cfg: SFTConfig) -> Path:
             save_adapter(model, lora, out / "adapter")
             merge_lora(model)
         save_model(model, final, tokenizer=tokenizer_dir)
-        after = child_replies(model, tokenizer, sample_prompts, cfg.system_prompt) if sample_prompts else []
+        with precision.autocast():
+            after = child_replies(model, tokenizer, sample_prompts, cfg.system_prompt) if sample_prompts else []
         for i, (prompt, reply) in enumerate(zip(sample_prompts, after)):
             was = f"   (before: {before[i]!r})" if before else ""
             print(f"  caregiver: {prompt!r}\n  child:     {reply!r}{was}")
-        print(f"done: {steps - start} steps in {progress.elapsed:.0f}s | final val loss {val_loss:.4f} "
-              f"per response token | model: {final}" + (f" | adapter: {out / 'adapter'}" if lora else "")
+        print(f"done: {steps - start} steps in {progress.elapsed:.0f}s ({precision.name}) | final val loss "
+              f"{val_loss:.4f} per response token | model: {final}" + (f" | adapter: {out / 'adapter'}" if lora else "")
               + f" | metrics: {out / 'metrics.jsonl'}")
     if dist.is_initialized():
         dist.destroy_process_group()
