@@ -34,7 +34,7 @@ from minitoddler.evals.minimal_pairs import (CONVENTIONS, ZORRO_ORDERS, evaluate
                                              load_pairs, normalized)
 from minitoddler.evals.report import compare_runs, load_results, save_results
 from minitoddler.tokenizer import load_tokenizer
-from minitoddler.trainer import autocast, pick_device
+from minitoddler.trainer import pick_device, resolve_dtype
 
 TASKS = ("zorro", "blimp", "dialogue", "lexical", "generation")
 
@@ -67,6 +67,7 @@ class EvalConfig:
     similarity_model: str = ""     # sentence encoder directory (all-MiniLM-L6-v2) for similarity to gold replies
     examples: int = 10             # sample exchanges in the report
     device: str = "auto"
+    dtype: str = "auto"            # auto | fp32 | bf16 (bf16 weights); auto = bf16 on GPUs/CPUs with native bf16
     seed: int = 1337
     compare: list = field(default_factory=list)  # run directories to print side by side (nothing is evaluated)
 
@@ -121,13 +122,16 @@ def main(argv=None) -> None:
     tokenizer_dir = cfg.tokenizer or (cfg.model if Path(cfg.model).is_dir() else "")
     if not tokenizer_dir:
         raise SystemExit(f"--model {cfg.model} is a preset (random weights): pass --tokenizer DIR")
-    model = model_from_arg(cfg.model, device)
+    precision = resolve_dtype(cfg.dtype, device)
+    print(f"dtype {precision}")
+    model = model_from_arg(cfg.model, device).to(precision.infer_dtype)
     tokenizer = load_tokenizer(tokenizer_dir, strict=False)  # ours, llamalogue's, SmolLM2's, ...
 
     start = time.perf_counter()
-    with autocast(device):
+    with precision.autocast():
         result, rows = run_task(cfg, model, tokenizer, device)
     result["seconds"] = time.perf_counter() - start
+    result["dtype"] = str(precision)
     result["data"] = [str(p) for p in cfg.data] or ([str(DEFAULT_PROMPTS)] if cfg.task == "generation" else [])
 
     out = Path(cfg.out)
