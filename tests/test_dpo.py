@@ -141,7 +141,7 @@ def dpo_args(base, data, out, *extra):
     return parse_config(train_dpo.DPOConfig, argv=[
         "--model", str(base), "--data", str(data), "--out", str(out), "--device", "cpu", "--batch-size", "8",
         "--device-batch-size", "4", "--lr", "2e-3", "--val-fraction", "0.1", "--eval-every", "3",
-        "--log-every", "1", *extra])
+        "--log-every", "1", "--dtype", "fp32", *extra])
 
 
 def test_stored_reference_equals_reference_model_in_the_loop(setup, tmp_path, capsys):
@@ -231,7 +231,7 @@ def test_resume_after_a_signal_equals_an_uninterrupted_run(setup, tmp_path, monk
 def test_two_process_ddp_matches_one_process(setup, tmp_path):
     base, data = setup
     common = ["--model", str(base), "--data", str(data), "--device", "cpu", "--batch-size", "8",
-              "--device-batch-size", "2", "--steps", "3", "--lr", "2e-3", "--eval-every", "3"]
+              "--device-batch-size", "2", "--steps", "3", "--lr", "2e-3", "--eval-every", "3", "--dtype", "fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-m", "minitoddler.rl.train_dpo", *common, "--out", str(tmp_path / "one")],
                    env=env, check=True, capture_output=True)

@@ -38,8 +38,9 @@ from ..data.prepare import PrepareConfig, prepare
 from ..lora import LoraConfig, apply_lora, merge_lora, parse_targets, save_adapter
 from ..sft import stage_batch
 from ..tokenizer import DEFAULT_SYSTEM_PROMPT, IM_START, load_tokenizer
-from ..trainer import (MetricsLog, Progress, StopFlag, autocast, check_finite, due, lr_at, make_optimizer,
-                       resume_checkpoint, save_checkpoint, set_lr, start_run, stop_on_nonfinite, wrap_for_training)
+from ..trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, due, lr_at, make_optimizer,
+                       resolve_dtype, resume_checkpoint, save_checkpoint, set_lr, start_run, stop_on_nonfinite,
+                       wrap_for_training)
 from .dpo import LOSSES, dpo_loss, pair_logprobs
 from .prefs import Pref, load_prefs
 from .rollout import FORMATS, render_exchange
@@ -76,6 +77,7 @@ class DPOConfig:
     lora_targets: str = "q,k,v,o,gate,up,down"
     chunk_size: int = 64          # positions per lm_head chunk in the log-prob passes
     device: str = "auto"
+    dtype: str = "auto"           # auto | fp32 | bf16 (autocast; auto = bf16 where GPU or CPU computes it natively)
     seed: int = 1337
     compile: bool = False
     resume: bool = False
@@ -130,17 +132,17 @@ def length_batches(examples: list[PairExample], batch_pairs: int) -> list[list[i
 
 
 @torch.no_grad()
-def reference_logprobs(model, examples: list[PairExample], batch_pairs: int, loss_type: str, chunk_size: int,
-                       device, ddp) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_logprobs(model, examples: list[PairExample], batch_pairs: int, cfg: DPOConfig, device, ddp,
+                       precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence log-probs of every chosen and rejected reply under `model` as it is now, (N,) each,
     float32 on the CPU; computed in `length_batches`, shared among processes."""
     was_training = model.training
     model.eval()
     out = torch.zeros(2, len(examples), dtype=torch.float64, device=device)
     for rows in length_batches(examples, batch_pairs)[ddp.rank::ddp.world_size]:
-        with autocast(device):
+        with precision.autocast():
             c, r = pair_logprobs(model, [examples[i].chosen for i in rows], [examples[i].rejected for i in rows],
-                                 loss_type, chunk_size=chunk_size)
+                                 cfg.loss, chunk_size=cfg.chunk_size)
         out[0, rows], out[1, rows] = c.double(), r.double()
     if dist.is_initialized():
         dist.all_reduce(out)
@@ -149,10 +151,10 @@ def reference_logprobs(model, examples: list[PairExample], batch_pairs: int, los
 
 
 def dpo_stats(model, examples: list[PairExample], ref: tuple[torch.Tensor, torch.Tensor], rows: list[int],
-              cfg: DPOConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
+              cfg: DPOConfig, device, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
     """Losses of the pairs `rows` (graph kept when grad is on) and their summed statistics
     [loss, margin, reward accuracy, log-prob accuracy, chosen reward, rejected reward, pairs]."""
-    with autocast(device):
+    with precision.autocast():
         pc, pr = pair_logprobs(model, [examples[i].chosen for i in rows], [examples[i].rejected for i in rows],
                                cfg.loss, chunk_size=cfg.chunk_size)
     losses, rc, rr = dpo_loss(pc, pr, ref[0][rows].to(device), ref[1][rows].to(device), cfg.beta, cfg.loss)
@@ -169,13 +171,13 @@ def stats_to_metrics(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model, examples, ref, cfg: DPOConfig, device, ddp) -> dict[str, float]:
+def evaluate(model, examples, ref, cfg: DPOConfig, device, ddp, precision: Precision) -> dict[str, float]:
     """DPO loss, margin and accuracies on the held-out pairs, shared among processes."""
     was_training = model.training
     model.eval()
     total = torch.zeros(7, dtype=torch.float64, device=device)
     for rows in length_batches(examples, 2 * cfg.device_batch_size)[ddp.rank::ddp.world_size]:
-        total += dpo_stats(model, examples, ref, rows, cfg, device)[1]
+        total += dpo_stats(model, examples, ref, rows, cfg, device, precision)[1]
     if dist.is_initialized():
         dist.all_reduce(total)
     model.train(was_training)
@@ -221,6 +223,7 @@ def main(cfg: DPOConfig) -> Path:
     if cfg.batch_size % ddp.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {ddp.world_size} processes")
     model = load_model(cfg.model, device)
+    precision = resolve_dtype(cfg.dtype, device)
     tokenizer_dir = Path(cfg.tokenizer or cfg.model)
     tokenizer = load_tokenizer(tokenizer_dir, strict=False)
     if cfg.format == "chatml" and tokenizer.token_to_id(IM_START) is None:
@@ -252,6 +255,7 @@ def main(cfg: DPOConfig) -> Path:
         apply_lora(model, lora)
     data_hash = fingerprint(train + val)
     setup = {"data": data, "pairs": len(train), "val_pairs": len(val), "fingerprint": data_hash, "format": cfg.format,
+             "dtype": precision.name,
              "loss": cfg.loss, "beta": cfg.beta, "lr": cfg.lr, "batch_size": cfg.batch_size, "steps": steps,
              "lora": {**asdict(lora), "targets": list(lora.targets)} if lora else None}
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.999), device=device)
@@ -262,8 +266,8 @@ def main(cfg: DPOConfig) -> Path:
         ref_train, ref_val = load_reference(ref_path, data_hash)
     else:
         t0 = time.time()
-        ref_train = reference_logprobs(model, train, 2 * cfg.device_batch_size, cfg.loss, cfg.chunk_size, device, ddp)
-        ref_val = reference_logprobs(model, val, 2 * cfg.device_batch_size, cfg.loss, cfg.chunk_size, device, ddp)
+        ref_train = reference_logprobs(model, train, 2 * cfg.device_batch_size, cfg, device, ddp, precision)
+        ref_val = reference_logprobs(model, val, 2 * cfg.device_batch_size, cfg, device, ddp, precision)
         if ddp.is_main:
             save_reference(ref_path, ref_train, ref_val, data_hash)
             print(f"reference log-probs of {len(train) + len(val)} pairs in {time.time() - t0:.1f}s -> {ref_path}")
@@ -277,7 +281,7 @@ def main(cfg: DPOConfig) -> Path:
               f"{sum(p.numel() for p in trainable) / 1e6:.2f}M trained "
               f"({'LoRA rank ' + str(cfg.lora_rank) if lora else 'full fine-tuning'}) | pairs {data}: "
               f"{len(train)} train, {len(val)} held out | {cfg.loss} beta {cfg.beta} | {cfg.batch_size} pairs/step "
-              f"| {steps} steps | {cfg.format} format")
+              f"| {steps} steps | {cfg.format} format | dtype {precision}")
         if skipped or too_long or val_too_long:
             print(f"note: left out {skipped} pairs with an empty field or identical replies and "
                   f"{len(too_long) + len(val_too_long)} whose reply alone exceeds {max_len} tokens "
@@ -285,9 +289,9 @@ def main(cfg: DPOConfig) -> Path:
         if shortened or val_shortened:
             print(f"note: {shortened + val_shortened} pairs longer than {max_len} tokens lost caregiver tokens "
                   "from the front (the replies are kept whole)", file=sys.stderr)
-    before = evaluate(model, val, ref_val, cfg, device, ddp) if not start else None
+    before = evaluate(model, val, ref_val, cfg, device, ddp, precision) if not start else None
     if before:
-        log.write(step=0, **before)
+        log.write(step=0, dtype=precision.name, **before)
 
     def save(done):
         if ddp.is_main:
@@ -308,7 +312,7 @@ def main(cfg: DPOConfig) -> Path:
             for j, rows in enumerate(micro):
                 sync = j == len(micro) - 1 or ddp.world_size == 1
                 with contextlib.nullcontext() if sync else train_model.no_sync():
-                    losses, stats = dpo_stats(train_model, train, ref_train, rows, cfg, device)
+                    losses, stats = dpo_stats(train_model, train, ref_train, rows, cfg, device, precision)
                     # DDP averages gradients over processes: scale to the mean loss over the whole batch.
                     (losses.sum() * ddp.world_size / cfg.batch_size).backward()
                 total += stats
@@ -326,7 +330,7 @@ def main(cfg: DPOConfig) -> Path:
                           time=progress.elapsed)
                 progress.log(done, loss=row["loss"], margin=row["margin"], acc=row["accuracy"], lr=lr)
             if due(done, cfg.eval_every, steps):
-                metrics = evaluate(model, val, ref_val, cfg, device, ddp)
+                metrics = evaluate(model, val, ref_val, cfg, device, ddp, precision)
                 log.write(step=done, **metrics)
                 progress.note(f"step {done}: held-out loss {metrics['val/loss']:.4f} margin "
                               f"{metrics['val/margin']:.4f} accuracy {metrics['val/accuracy']:.3f} "
