@@ -40,8 +40,9 @@ from tqdm import tqdm
 from .checkpoint import load_model
 from .cli import parse_config
 from .generate import generate
-from .rewards.references import _rows, prompt_key
+from .rewards.references import prompt_key
 from .rewards.teacher import TeacherReward
+from .rl.prefs import json_rows
 from .tokenizer import load_tokenizer
 from .trainer import pick_device
 
@@ -77,7 +78,7 @@ def read_prompts(path: str | Path) -> list[str]:
                                 'JSON/JSONL file of {"prompt": ...} rows (prepared/pairs/train.jsonl)')
     if path.suffix in (".json", ".jsonl"):
         prompts = []
-        for n, row in _rows(path):
+        for n, row in json_rows(path):
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
                 raise ValueError(f"{path}:{n}: expected an object with a string 'prompt'")
             prompts.append(row["prompt"].strip())
