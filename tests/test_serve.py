@@ -267,3 +267,21 @@ def test_study_log_has_one_line_per_exchange(model_dir, model_and_tok, tmp_path)
     assert rows[0]["sampling"] == {"temperature": 0.5, "top_p": 0.9, "max_tokens": 4, "seed": 1, "n": 1, "stop": []}
     assert rows[1]["stream"] and 0 < rows[1]["first_token_s"] <= rows[1]["latency_s"]
     assert all(row["latency_s"] > 0 and row["time"].endswith("+00:00") for row in rows)
+
+
+def test_dialogue_format_server(model_dir, model_and_tok):
+    model, tok = model_and_tok
+    s = start(model_dir, model_and_tok, format="dialogue")
+    try:
+        messages = [{"role": "system", "content": "ignored: a transcript has no system prompt"},
+                    {"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
+                    {"role": "user", "content": "what is that?"}]
+        r = client(s).chat.completions.create(model=s.name, messages=messages, max_tokens=8, temperature=0)
+    finally:
+        stop(s)
+    ids = [model.cfg.bos_token_id] + tok.encode("*MOT: hello\n*CHI: hi\n*MOT: what is that?\n*CHI:",
+                                                add_special_tokens=False).ids
+    stops = [i for i in range(tok.get_vocab_size()) if "\n" in tok.decode([i], skip_special_tokens=False)] + [0]
+    out = generate(model, [ids], 8, stop_ids=stops)[0]
+    assert r.usage.prompt_tokens == len(ids)
+    assert r.choices[0].message.content == tok.decode(out, skip_special_tokens=True).split("\n")[0].strip()
