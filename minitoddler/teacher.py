@@ -203,6 +203,8 @@ def main(cfg: TeacherConfig) -> Path:
                          'file of {"prompt": ...} rows, e.g. prepared/pairs/train.jsonl')
     if cfg.template not in ("auto", "chat", "dialogue"):
         raise SystemExit(f"error: --template {cfg.template!r}: choose auto, chat or dialogue")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise SystemExit(f"error: --dtype {cfg.dtype!r}: choose float32 or bfloat16")
     prompts = read_prompts(cfg.data)
     prompts = prompts[:cfg.limit] if cfg.limit else prompts
     device = pick_device(cfg.device)
