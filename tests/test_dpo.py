@@ -245,3 +245,14 @@ def test_two_process_ddp_matches_one_process(setup, tmp_path):
         assert len(one) >= 2 and one == pytest.approx(two, abs=1e-4)
     ref = [load_file(str(tmp_path / run / train_dpo.REFERENCE_FILE)) for run in ("one", "two")]
     assert all(torch.allclose(ref[0][k], ref[1][k], atol=1e-4) for k in ref[0])
+
+
+def test_chatml_format_masks_the_assistant_reply(setup):
+    base, _ = setup
+    tok = load_tokenizer(base)
+    prefs = [Pref("what is that ?", "a dog .", "my shoe .", "test:1")]
+    ex, shortened, too_long = train_dpo.encode_pairs(tok, prefs, "chatml", "Be a child.", None, 256)
+    ids, mask = ex[0].chosen
+    assert tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False) == "a dog .<|im_end|>"
+    assert tok.decode(ids, skip_special_tokens=False).startswith("<|im_start|>system\nBe a child.<|im_end|>")
+    assert "Caregiver: what is that ?" in tok.decode(ids, skip_special_tokens=False)
