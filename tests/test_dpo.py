@@ -254,5 +254,5 @@ def test_chatml_format_masks_the_assistant_reply(setup):
     ex, shortened, too_long = train_dpo.encode_pairs(tok, prefs, "chatml", "Be a child.", None, 256)
     ids, mask = ex[0].chosen
     assert tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False) == "a dog .<|im_end|>"
-    assert tok.decode(ids, skip_special_tokens=False).startswith("<|im_start|>system\nBe a child.<|im_end|>")
-    assert "Caregiver: what is that ?" in tok.decode(ids, skip_special_tokens=False)
+    assert tok.decode(ids, skip_special_tokens=False).startswith("<|im_start|>system\nbe a child.<|im_end|>")  # lower-cased
+    assert "caregiver: what is that ?" in tok.decode(ids, skip_special_tokens=False)
