@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,16 +28,18 @@ import torch.distributed as dist
 
 from minitoddler.chatml import add_chat_tokens
 from minitoddler.checkpoint import load_model, save_model
-from minitoddler.cli import config_from_args, config_parser
+from minitoddler.cli import config_from_args, config_parser, parse_config
 from minitoddler.lora import LoraConfig, apply_lora, lora_disabled, merge_lora, parse_targets, save_adapter
+from minitoddler.model import ToddlerLM
 from minitoddler.rewards.combine import add_reward_flags, build_reward, options_from_args
+from minitoddler.rl import train_dpo
 from minitoddler.rl.grpo import group_advantages, grpo_loss
 from minitoddler.rl.ppo import AdaptiveKL, ValueHead, gae, ppo_loss, token_rewards
 from minitoddler.rl.prompts import bundled_pairs, load_prompts, prompt_batch, prompt_file
-from minitoddler.rl.rollout import (Rollout, SamplingConfig, logprobs_from_hidden, masked_mean,
+from minitoddler.rl.rollout import (Rollout, SamplingConfig, copy_policy_weights, logprobs_from_hidden, masked_mean,
                                     sample_rollout)
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
-from minitoddler.trainer import (MetricsLog, Progress, StopFlag, autocast, check_finite, due, make_optimizer,
+from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, due, make_optimizer, resolve_dtype,
                                  resume_checkpoint, save_checkpoint, set_lr, start_run, stop_on_nonfinite, unwrap,
                                  wrap_for_training)
 
@@ -97,6 +100,7 @@ class RLConfig:
     save_every: int = 250
     log_every: int = 1
     sample_every: int = 25         # print a few exchanges with their rewards every N steps (0 = never)
+    dtype: str = "auto"            # auto | fp32 | bf16: training under bf16 autocast, rollouts from a bf16 copy
     device: str = "auto"
     seed: int = 1337
     compile: bool = False
@@ -133,7 +137,7 @@ def forward_passes(model, head, ids, rows, chunk_size):
 
 
 @torch.no_grad()
-def score_rollout(policy, head, reference, ids, cfg, device):
+def score_rollout(policy, head, reference, ids, cfg, precision):
     """Old (sampling-policy) log-probs, entropies, values and reference log-probs of a rollout, in batches."""
     was = policy.training
     policy.eval()
@@ -142,7 +146,7 @@ def score_rollout(policy, head, reference, ids, cfg, device):
     old, ent, val, ref = [], [], [], []
     for s in range(0, ids.shape[0], cfg.device_batch_size):
         rows = slice(s, s + cfg.device_batch_size)
-        with autocast(device):
+        with precision.autocast():
             lp, e, v = forward_passes(policy, head, ids, rows, cfg.chunk_size)
             old.append(lp)
             ent.append(e)
@@ -174,15 +178,20 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
     if cfg.algo not in ALGOS:
         raise SystemExit(f"error: --algo must be one of {', '.join(ALGOS)}, got {cfg.algo!r}")
     if cfg.algo == "dpo":
-        raise SystemExit("error: --algo dpo is not built yet (DPO on preference pairs has its own issue)")
+        raise SystemExit("error: DPO has its own flags: run `python train_rl.py --algo dpo ...` or call "
+                         "minitoddler.rl.train_dpo.main(DPOConfig(...))")
     if not cfg.model or not Path(cfg.model).is_dir():
         raise SystemExit(f"error: --model DIR is required: an SFT'd model directory"
                          f"{f' ({cfg.model} is not one)' if cfg.model else ''}; train one with train_sft.py")
     cfg = resolved(cfg)
     ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
-
-    # Policy and tokenizer (ChatML tokens added when the model has none yet).
+    precision = resolve_dtype(cfg.dtype, device)
     policy = load_model(cfg.model, device)
+    if cfg.max_prompt_len + cfg.max_new_tokens > policy.cfg.max_position_embeddings:
+        raise ValueError(f"--max-prompt-len {cfg.max_prompt_len} + --max-new-tokens {cfg.max_new_tokens} exceeds "
+                         f"the model's context of {policy.cfg.max_position_embeddings} tokens; lower either")
+
+    # Tokenizer (ChatML tokens added when the model has none yet).
     tokenizer_dir = Path(cfg.tokenizer or cfg.model)
     if cfg.format == "chatml":
         tokenizer_dir = out / "tokenizer"
@@ -217,6 +226,19 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
         apply_lora(policy, lora)
     else:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    # Rollouts come from the policy itself in fp32, or from a bf16 copy refreshed before every rollout.
+    sampler = None
+    if precision.infer_dtype != torch.float32:
+        sampler = ToddlerLM(copy.deepcopy(policy.cfg)).to(device).eval().requires_grad_(False)
+        for p in sampler.parameters():  # weights only: the rotary tables stay fp32
+            p.data = p.data.to(precision.infer_dtype)
+
+    def rollout_model():
+        if sampler is None:
+            return policy
+        copy_policy_weights(sampler, policy)
+        return sampler
+
     head = ValueHead(policy.cfg.hidden_size).to(device) if cfg.algo == "ppo" else None
     trainable = torch.nn.ModuleList([policy] + ([head] if head is not None else []))
     optimizer = make_optimizer(trainable, cfg.lr, cfg.weight_decay, device=device)
@@ -241,10 +263,10 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
         print(f"{cfg.algo} | model {cfg.model}: {policy.num_parameters() / 1e6:.1f}M parameters, "
               f"{n_train / 1e6:.2f}M trained ({f'LoRA rank {cfg.lora_rank}' if lora else 'full fine-tuning'}) | "
               f"{len(prompts)} prompts from {pairs} | {cfg.batch_prompts} prompts x {cfg.generations} = {rows} "
-              f"completions/step | reward {reward_spec} | {cfg.steps} steps, lr {cfg.lr:.3g}")
+              f"completions/step | reward {reward_spec} | {cfg.steps} steps, lr {cfg.lr:.3g} | dtype {precision}")
     before = None
     if held_out and start == 0 and ddp.is_main:
-        before, before_rollout = evaluate_prompts(policy, tokenizer, reward, held_out, sampling, cfg.seed)
+        before, before_rollout = evaluate_prompts(rollout_model(), tokenizer, reward, held_out, sampling, cfg.seed)
         log.write(step=0, **{f"eval/{k}": v for k, v in before.items()})
         print(f"before training, {len(held_out)} held-out prompts: " +
               ", ".join(f"{k} {v:.4f}" for k, v in before.items() if k.startswith("reward/")))
@@ -265,13 +287,14 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
             set_lr(optimizer, lr)
             batch = prompt_batch(prompts, step, cfg.batch_prompts, cfg.seed)
             batch = batch[ddp.rank * my_prompts:(ddp.rank + 1) * my_prompts]
-            rollout = sample_rollout(policy, tokenizer, batch, sampling, seed=cfg.seed * 100003 + step * 1009 + ddp.rank)
+            rollout = sample_rollout(rollout_model(), tokenizer, batch, sampling,
+                                     seed=cfg.seed * 100003 + step * 1009 + ddp.rank)
             t_gen = time.time() - t0
             comps = reward.components(rollout.prompts, rollout.replies)
             scores = reward.total(comps)
             ids, mask = rollout.tensors(pad_id)
             ids, mask = ids.to(device), mask.to(device)
-            old_lp, entropy, old_values, ref_lp = score_rollout(policy, head, reference, ids, cfg, device)
+            old_lp, entropy, old_values, ref_lp = score_rollout(policy, head, reference, ids, cfg, precision)
             stats = {}
             if cfg.algo == "grpo":
                 advantages, stats["zero_std_frac"] = group_advantages(scores, cfg.generations, cfg.advantage_scale)
@@ -284,7 +307,7 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
                         r = slice(s, s + cfg.device_batch_size)
                         sync = j == len(micro) - 1 or ddp.world_size == 1
                         with contextlib.nullcontext() if sync else train_model.no_sync():
-                            with autocast(device):
+                            with precision.autocast():
                                 lp = forward_passes(train_model, None, ids, r, cfg.chunk_size)[0]
                             loss, st = grpo_loss(lp, old_lp[r], ref_lp[r], advantages[r], mask[r], cfg.clip_eps,
                                                  cfg.beta, cfg.loss_norm, cfg.max_new_tokens)
@@ -307,25 +330,25 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
                     order = torch.randperm(ids.shape[0])
                     for s in range(0, ids.shape[0], cfg.mini_batch_size):
                         r = order[s:s + cfg.mini_batch_size].to(device)
-                        with autocast(device):
+                        with precision.autocast():
                             lp, _, values = forward_passes(train_model, head, ids, r, cfg.chunk_size)
                         loss, st = ppo_loss(lp, old_lp[r], values, old_values[r], advantages[r], returns[r],
                                             mask[r], cfg.clip_eps, cfg.clip_value, cfg.vf_coef, cfg.ratio_threshold)
                         check_finite(loss.detach(), step)
                         loss.backward()
                         grad_norm = clip_and_step(trainable, optimizer, cfg.grad_clip)
-                        for k, v in {**st, "loss": float(loss)}.items():
+                        for k, v in {**st, "loss": loss.item()}.items():
                             sums[k] = sums.get(k, 0.0) + v
                         count += 1
                 stats = {k: v / count for k, v in sums.items()}
-                stats.update(kl=seq_kl, kl_coef=kl_ctl.value)
+                stats.update(kl=float(masked_mean(old_lp - ref_lp, mask)), kl_sequence=seq_kl, kl_coef=kl_ctl.value)
                 kl_ctl.update(seq_kl, rows)
             done = step + 1
             completion_len = mask.sum(1).float().mean().item()
             row = {"step": done, **reward.metrics(comps), **stats, "entropy": float(masked_mean(entropy, mask)),
                    "completion_len": completion_len, "finished_frac": sum(rollout.finished) / len(rollout.finished),
                    "truncated_prompts": rollout.truncated_prompts, "grad_norm": grad_norm, "lr": lr,
-                   "generation_time": t_gen, "step_time": time.time() - t0, "time": progress.elapsed}
+                   "dtype": precision.name, "generation_time": t_gen, "step_time": time.time() - t0, "time": progress.elapsed}
             progress.update(reward=f"{row['reward/total']:.3f}", kl=f"{row['kl']:.3f}")
             if due(done, cfg.log_every, cfg.steps):
                 log.write(**row)
@@ -346,7 +369,7 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
     final = out / "final"
     if ddp.is_main:
         if held_out:
-            after, after_rollout = evaluate_prompts(policy, tokenizer, reward, held_out, sampling, cfg.seed)
+            after, after_rollout = evaluate_prompts(rollout_model(), tokenizer, reward, held_out, sampling, cfg.seed)
             log.write(step=cfg.steps, **{f"eval/{k}": v for k, v in after.items()})
             print(f"after training, {len(held_out)} held-out prompts: " +
                   ", ".join(f"{k} {v:.4f}" + (f" (before {before[k]:.4f})" if before else "")
@@ -381,5 +404,14 @@ def parse_args(argv=None) -> tuple[RLConfig, str, dict]:
     return config_from_args(RLConfig, args), args.reward, options_from_args(args)
 
 
+def cli(argv: list[str]) -> Path:
+    """`--algo dpo` hands the other flags to the DPO loop (minitoddler/rl/train_dpo.py); else GRPO/PPO."""
+    for i, arg in enumerate(argv):
+        if arg == "--algo=dpo" or (arg == "--algo" and argv[i + 1:i + 2] == ["dpo"]):
+            rest = argv[:i] + argv[i + (1 if "=" in arg else 2):]
+            return train_dpo.main(parse_config(train_dpo.DPOConfig, train_dpo.__doc__, rest))
+    return main(*parse_args(argv))
+
+
 if __name__ == "__main__":
-    main(*parse_args())
+    cli(sys.argv[1:])

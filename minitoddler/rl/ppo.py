@@ -104,7 +104,7 @@ def ppo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, values: torch.T
     loss = (pg_loss + vf_coef * vf_loss) * (0.0 if skipped else 1.0)
     return loss, {"clip_frac": float(masked_mean((pg2 > pg1).float(), mask)),
                   "vf_clip_frac": float(masked_mean((vf2 > vf1).float(), mask)),
-                  "policy_loss": float(pg_loss), "value_loss": float(vf_loss), "ratio": mean_ratio,
+                  "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "ratio": mean_ratio,
                   "skipped": float(skipped)}
 
 

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from ..chatml import caregiver_chat, render_chat
 from ..evals.generation import clean_reply, stop_ids
 from ..generate import generate
+from ..lora import LoRALinear
 
 FORMATS = ("chatml", "dialogue")
 
@@ -110,6 +111,18 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Ten
     if dim is None:
         return (values * mask).sum() / mask.sum().clamp(min=1)
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+@torch.no_grad()
+def copy_policy_weights(sampler, policy) -> None:
+    """Load `policy`'s current weights, LoRA updates merged in, into the plain model `sampler` (in the
+    sampler's dtype): a bf16 copy samples rollouts at bf16 speed while training keeps fp32 weights."""
+    weights = dict(policy.named_parameters())
+    for name, module in policy.named_modules():
+        if isinstance(module, LoRALinear):
+            weights[f"{name}.weight"] = module.merged_weight()
+    for name, p in sampler.named_parameters():
+        p.copy_(weights[name])
 
 
 @dataclass

@@ -1,0 +1,134 @@
+"""train_rl.py end to end on a tiny model: GRPO and PPO steps change only what they should, metrics rows,
+exported final/ + adapter/, exact resume, bad input, and the length reward rising under GRPO."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train_rl
+from minitoddler.checkpoint import load_model, save_model
+from minitoddler.config import preset
+from minitoddler.lora import load_adapter
+from minitoddler.model import ToddlerLM
+from minitoddler.rewards.length import LengthModel
+from minitoddler.rl.prompts import bundled_pairs
+from minitoddler.tokenizer import train_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A random tiny model with a tokenizer trained on the bundled pairs, the pairs, and a length fit."""
+    root = tmp_path_factory.mktemp("rl")
+    pairs = bundled_pairs(root / "data")
+    rows = [json.loads(line) for line in (pairs / "train.jsonl").read_text().splitlines()]
+    tok_dir = root / "tok"
+    train_tokenizer([t for r in rows for t in (r["prompt"], r["response"])], tok_dir, vocab_size=400)
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    cfg.vocab_size = 400
+    model_dir = save_model(ToddlerLM(cfg), root / "model", tokenizer=tok_dir)
+    fit = LengthModel.fit([len(r["response"].split()) for r in rows], "pmf").save(root / "length.json")
+    return {"root": root, "pairs": pairs, "model": model_dir, "length": fit}
+
+
+def rl_config(setup, out, algo="grpo", **kw):
+    base = dict(algo=algo, model=str(setup["model"]), data=str(setup["pairs"]), out=str(out), steps=2,
+                batch_prompts=2, generations=2, max_new_tokens=8, max_prompt_len=48, lora_rank=4,
+                device="cpu", eval_prompts=0, sample_every=0, save_every=1, device_batch_size=4,
+                mini_batch_size=2, ppo_epochs=2)
+    base.update(kw)
+    return train_rl.RLConfig(**base)
+
+
+def run(setup, cfg):
+    return train_rl.main(cfg, "length", {"length_fit": str(setup["length"])})
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_one_run_trains_only_lora_and_exports(setup, tmp_path, algo):
+    out = tmp_path / algo
+    final = run(setup, rl_config(setup, out, algo, lr=1e-2))
+    base = load_file(str(setup["model"] / "model.safetensors"))
+    merged = load_file(str(final / "model.safetensors"))
+    ckpt = load_file(str(out / "checkpoint" / "model.safetensors"))
+    lora_keys = [k for k in ckpt if "lora_" in k]
+    assert lora_keys and all(k.endswith(("lora_A", "lora_B")) for k in lora_keys)
+    for k, v in base.items():  # LoRA only: every base tensor in the checkpoint is untouched
+        assert torch.equal(ckpt[k], v), k
+    assert any(not torch.equal(merged[k], base[k]) for k in base)  # ...but the merged model moved
+    # final/ = base + adapter/, loaded back
+    reloaded = load_model(setup["model"])
+    load_adapter(reloaded, out / "adapter")
+    ids = torch.randint(4, 400, (2, 10))
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids), load_model(final)(ids), atol=1e-5)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward/total", "reward/length", "kl", "clip_frac", "completion_len", "entropy", "lr",
+                "step_time"):
+        assert all(key in r for r in rows), key
+    assert ("zero_std_frac" in rows[0]) == (algo == "grpo")
+    if algo == "ppo":
+        head = load_file(str(out / "checkpoint" / "extra.safetensors"))
+        assert set(head) == {"value_head.summary.weight", "value_head.summary.bias"}
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_resume_equals_uninterrupted(setup, tmp_path, algo):
+    whole = run(setup, rl_config(setup, tmp_path / "whole", algo, steps=3, lr=1e-2))
+    # Stop the same 3-step run after step 2, as Ctrl-C would (the loop reads the flag once per step).
+    cfg = rl_config(setup, tmp_path / "cut", algo, steps=3, lr=1e-2)
+    original = train_rl.StopFlag
+
+    class StopAfterTwo(original):
+        reads = 0
+
+        @property
+        def requested(self):
+            self.reads += 1
+            return self.reads >= 2
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    train_rl.StopFlag = StopAfterTwo
+    try:
+        run(setup, cfg)
+    finally:
+        train_rl.StopFlag = original
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+    resumed = run(setup, rl_config(setup, tmp_path / "cut", algo, steps=3, lr=1e-2, resume=True))
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert rows(tmp_path / "whole")[-1]["reward/total"] == rows(tmp_path / "cut")[-1]["reward/total"]
+
+
+def test_bad_input_says_what_to_do(setup, tmp_path):
+    with pytest.raises(SystemExit, match="--model DIR is required"):
+        run(setup, rl_config(setup, tmp_path, model=str(tmp_path / "nope")))
+    with pytest.raises(SystemExit, match="its own flags"):
+        run(setup, rl_config(setup, tmp_path, algo="dpo"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        run(setup, rl_config(setup, tmp_path / "fresh", resume=True))
+    with pytest.raises(ValueError, match="context"):
+        run(setup, rl_config(setup, tmp_path / "long", max_prompt_len=200, max_new_tokens=100))
+
+
+def test_command_line_runs_grpo_and_writes_final(setup, tmp_path):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "train_rl.py", "--algo", "grpo", "--model", str(setup["model"]), "--data",
+           str(setup["pairs"]), "--out", str(out), "--steps", "1", "--batch-prompts", "2", "--generations", "2",
+           "--max-new-tokens", "6", "--lora-rank", "2", "--device", "cpu", "--eval-prompts", "2",
+           "--reward", "length", "--length-fit", str(setup["length"])]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "final" / "model.safetensors").is_file() and (out / "adapter" / "adapter_config.json").is_file()
+    assert "before training" in res.stdout and "after training" in res.stdout
