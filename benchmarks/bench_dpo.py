@@ -4,7 +4,8 @@ sampling speed (answers per second).
     python benchmarks/bench_dpo.py --model toddler-155m --pairs 8 --steps 4 --rounds 2 --out runs/bench_dpo.json
 
 Both trainers get the same random-weight model directory (a preset, or --model DIR), the same real
-pairs (../shared/data/dpo/naturalistic_pairs.json by default) in the dialogue format, fp32, the same
+pairs (../shared/data/dpo/naturalistic_pairs.json by default) in the dialogue format, fp32 (--dtype
+changes ours only), the same
 thread count, one optimizer step of --pairs pairs per step, no gradient checkpointing. TRL (a
 benchmark-only dependency: `pip install trl`) runs its reference model forward at every step; ours
 computes the reference log-probs once before training (inside `outside_steps_s`, with loading and
@@ -44,11 +45,11 @@ def cpu_info() -> dict:
             "threads": torch.get_num_threads(), "load_avg": os.getloadavg()}
 
 
-def ours(model_dir: Path, data: Path, work: Path, pairs: int, steps: int) -> dict:
+def ours(model_dir: Path, data: Path, work: Path, pairs: int, steps: int, dtype: str) -> dict:
     out = work / f"ours{time.time_ns()}"
     cfg = train_dpo.DPOConfig(model=str(model_dir), data=str(data), out=str(out), device="cpu", steps=steps,
                               batch_size=pairs, device_batch_size=pairs, val_fraction=1 / (pairs * steps + 1),
-                              eval_every=0, save_every=0, log_every=1, dtype="fp32")
+                              eval_every=0, save_every=0, log_every=1, dtype=dtype)
     t0 = time.perf_counter()
     train_dpo.main(cfg)
     total = time.perf_counter() - t0
@@ -114,6 +115,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2, help="interleaved ours/TRL rounds")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--teacher-prompts", type=int, default=4, help="prompts in the teacher timing (0 = skip)")
+    ap.add_argument("--dtype", default="fp32", help="ours: fp32 (as TRL here) or auto / bf16 (TRL stays fp32)")
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--out", default="runs/bench_dpo.json")
     args = ap.parse_args(argv)
@@ -131,7 +133,7 @@ def main(argv=None):
         data.write_text("".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
                                 for p in prefs[:args.pairs * args.steps + 1]))
         for r in range(args.rounds):
-            row = {"ours": ours(model_dir, data, work, args.pairs, args.steps)}
+            row = {"ours": ours(model_dir, data, work, args.pairs, args.steps, args.dtype)}
             print(f"round {r + 1}: ours {row['ours']['step_s']:.2f} s/step", flush=True)
             if not args.skip_trl:
                 row["trl"] = trl(model_dir, prefs, work, args.pairs, args.steps)
