@@ -133,6 +133,9 @@ def test_a_partial_output_of_other_input_or_rewards_is_refused(tmp_path, length_
         main(args + ["--reward", "clarity,length"])
     with pytest.raises(ValueError, match="unknown reward 'lenght'"):
         main(args + ["--reward", "lenght"])
+    with pytest.raises(SystemExit, match="is the input file"):
+        main(args + ["--reward", "length", "--out", str(data)])
+    assert [r["prompt"] for r in read_rows(data)] == [p for p, *_ in PAIRS]  # untouched
 
 
 def test_scored_directory_feeds_the_sft_curriculum(tmp_path, length_fit):

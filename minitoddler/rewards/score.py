@@ -1,7 +1,7 @@
 """Score caregiver->child pairs with rewards, for the SFT curriculum: one column per reward and their sum.
 
-    python -m minitoddler.rewards.score --data prepared/pairs --reward coherence,clarity \
-        --coherence-model rm/rm2 --out prepared/scored
+    python -m minitoddler.rewards.score --data prepared/pairs --reward coherence,clarity --coherence-model rm/rm2 \\
+        --out prepared/scored
     python train_sft.py --model runs/pre/final --data prepared/scored --score-column total
 
 --data is a pairs JSONL file (rows {"prompt": caregiver line, "response": child reply, ...} as
@@ -40,6 +40,8 @@ _to_json = json.JSONEncoder(ensure_ascii=False).encode
 def pair_files(data: Path, out: Path) -> list[tuple[Path, Path]]:
     """(input, output) files: one file, or every *.jsonl of a directory (or of its pairs/)."""
     if data.is_file():
+        if out.resolve() == data.resolve():
+            raise SystemExit(f"--out {out} is the input file; write the scored pairs elsewhere")
         return [(data, out)]
     if not data.is_dir():
         raise FileNotFoundError(f"{data} not found: give a pairs JSONL file or a directory of them "
@@ -48,6 +50,8 @@ def pair_files(data: Path, out: Path) -> list[tuple[Path, Path]]:
     files = sorted(root.glob("*.jsonl"))
     if not files:
         raise FileNotFoundError(f"no *.jsonl pairs files in {root}")
+    if out.resolve() == root.resolve():
+        raise SystemExit(f"--out {out} is the input directory; write the scored pairs elsewhere")
     return [(f, out / f.name) for f in files]
 
 
