@@ -53,7 +53,7 @@ MODELS = (("pretrain", "after pretraining"), ("sft", "after SFT"), ("grpo", "aft
 @dataclass
 class DemoConfig:
     out: str = "runs/demo"
-    model: str = "tiny"             # preset pretrained from scratch (tiny: 0.6M parameters, 0.1M outside the embedding)
+    model: str = "tiny"             # preset pretrained from scratch, its embedding cut to the tokenizer (tiny: 0.3M parameters)
     vocab_size: int = 8192          # BPE entries at most (the bundled corpus fills fewer)
     pretrain_steps: int = 160       # the bundled corpus is 16k tokens: validation loss rises after ~150 steps
     pretrain_batch_tokens: int = 2048
@@ -142,7 +142,9 @@ def evaluate(cfg: DemoConfig, out: Path) -> dict:
                 **{f"reward_{k}": float(v.mean()) for k, v in comps.items()},
                 "words_per_reply": sum(map(word_count, replies)) / len(replies)}
 
+    words = sum(word_count(r["text"]) for r in _read_jsonl(out / "data" / "cds" / "train.jsonl"))
     results = {"lines": len(prompts), "shown": shown, "zorro_pairs": len(zorro), "blimp_pairs": len(blimp),
+               "pretraining_words": words,
                "replies": {"child": [r["response"] for r in test]}, "table": {}}
     results["table"]["child"] = row(results["replies"]["child"])
     for name, label in MODELS:
@@ -150,6 +152,7 @@ def evaluate(cfg: DemoConfig, out: Path) -> dict:
         tokenizer = load_tokenizer(out / name / "final", strict=False)
         replies = child_replies(model, tokenizer, prompts, DEFAULT_SYSTEM_PROMPT, cfg.max_new_tokens)
         results["replies"][name] = replies
+        results["parameters"] = model.num_parameters()
         results["table"][name] = {
             "val_loss": reply_loss(model, tokenizer, test), **row(replies),
             "zorro": evaluate_pairs(model, tokenizer, zorro, desc=f"Zorro {label}")[0]["macro_accuracy"],
@@ -161,8 +164,8 @@ def evaluate(cfg: DemoConfig, out: Path) -> dict:
 
 def report(results: dict, out: Path, stages: dict) -> str:
     """The demo's closing printout: side-by-side replies, the table, what the columns mean, where things are."""
-    lines = ["", "=" * 100, f"What the toddler answers to held-out caregiver lines (greedy decoding; none of "
-             f"these lines was trained on)", "=" * 100]
+    lines = ["", "=" * 100, "What the toddler answers to held-out caregiver lines (greedy decoding; the "
+             "three models never saw these lines)", "=" * 100]
     for i in results["shown"]:
         lines.append(f"caregiver:            {results['prompts'][i]!r}")
         lines.append(f"  the real child said: {results['replies']['child'][i]!r}")
@@ -186,7 +189,8 @@ def report(results: dict, out: Path, stages: dict) -> str:
               "words/reply  mean words in the replies (the real child's row is the target)",
               f"Zorro/BLiMP  grammatical sentence scored above its ungrammatical twin, macro average over "
               f"paradigms, on the bundled sample ({results['zorro_pairs']} + {results['blimp_pairs']} pairs; "
-              "chance is 50%, the 0.6M-parameter model has read ~20k words)",
+              f"chance is 50%; the {results['parameters'] / 1e6:.1f}M-parameter model was pretrained on "
+              f"{results['pretraining_words']:,} words of caregiver speech)",
               "",
               f"time: {sum(s['seconds'] for s in stages.values()):.0f}s wall, "
               f"{sum(s['cpu_seconds'] for s in stages.values()):.0f} CPU-s (per stage in {out / 'stages.json'})",
