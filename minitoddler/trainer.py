@@ -1,7 +1,17 @@
-"""What every training loop shares: device and DDP setup, AdamW groups, the LR schedule, atomic
-training-state checkpoints with exact resume, metrics logging, and the non-finite-loss guard.
+"""What every training loop shares: device, precision (--dtype) and DDP setup, AdamW groups, the LR
+schedule, atomic training-state checkpoints with exact resume, the log/eval/save cadence, metrics and
+progress lines, and the non-finite-loss guard.
 
-Plain functions; each loop (pretraining, SFT, RL) writes its own short `for step in ...` around them.
+Plain functions; each loop (pretraining, SFT, RL) writes its own short `for step in ...` around them:
+
+    ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
+    precision = resolve_dtype(cfg.dtype, device)
+    start = resume_checkpoint(ckpt_dir, model, optimizer, setup)["step"] if cfg.resume else 0
+    progress, stop = Progress(cfg.steps, start, ddp.is_main), StopFlag()
+    with stop_on_nonfinite(ckpt_dir):
+        for step in range(start, cfg.steps):
+            ...  # the algorithm, under precision.autocast(); check_finite(loss, step)
+            if due(done, cfg.save_every, cfg.steps) or stop.requested: save_checkpoint(...)
 """
 from __future__ import annotations
 

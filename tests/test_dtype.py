@@ -95,7 +95,7 @@ def test_bf16_training_logs_its_dtype_and_keeps_fp32_weights(trained, tmp_path):
     assert fp32_rows[0]["dtype"] == "fp32"
     # Same seed, data and initial weights: the first step's loss is one fixed batch's, in each precision.
     first = [next(r["loss"] for r in rs if r.get("step") == 1) for rs in (fp32_rows, rows)]
-    assert first[1] == pytest.approx(first[0], abs=0.01)
+    assert first[1] != first[0] and first[1] == pytest.approx(first[0], abs=0.01)  # bf16 used, and close
 
 
 def test_bf16_loss_within_a_thousandth_of_fp32_on_a_fixed_batch(trained):
