@@ -1,0 +1,225 @@
+"""GRPO step time and rollout speed next to TRL's GRPOTrainer (same model, prompts, reward and settings,
+in one run).
+
+    python benchmarks/bench_rl.py --model tiny --steps 6 --rounds 3 --out runs/bench_rl_tiny.json
+    nice -n 10 python benchmarks/bench_rl.py --model toddler-155m --steps 3 --rounds 2 --out runs/bench_rl_155m.json
+
+Both trainers get the same random-weight model directory (a preset, or --model DIR) with a BPE trained
+on the bundled corpus's pairs, the same caregiver prompts (the ones our run draws, in ChatML with the
+default system prompt), the same reward (RM-3 length, fitted on the bundled transcripts; wrapped as a
+TRL reward function) and the same settings: --prompts prompts x --generations completions x
+--max-new-tokens tokens per step, temperature 1, full fine-tuning (LoRA off on both sides: TRL's LoRA
+needs peft), beta 0.04 (both compute a reference model's log-probs), one update per generation batch,
+per-sequence loss normalisation, lr 1e-5, --threads threads; TRL with gradient checkpointing and bf16
+off. Ours runs with --dtype fp32 (the comparison) and --dtype auto (an extra column: bf16 autocast and
+bf16 rollouts where the CPU has avx512_bf16/amx_bf16).
+
+Per step: seconds, the part spent sampling, in old/reference log-probs + reward, and in the update
+(the rest), and rollout tokens/s (completion tokens / sampling seconds). Step times are medians after
+the first (warm-up) step of each run; the runs are interleaved (--rounds) and each speed-up is the
+median of the per-round ratios, since timings drift on a shared machine. The CPU model, its bf16/AVX
+flags and the load average before and after are recorded. No goal is asserted: this prints numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train_rl  # noqa: E402
+from minitoddler.chatml import add_chat_tokens  # noqa: E402
+from minitoddler.checkpoint import model_from_arg, save_model  # noqa: E402
+from minitoddler.data.prepare import SAMPLE_DIR  # noqa: E402
+from minitoddler.rewards.combine import CombinedReward  # noqa: E402
+from minitoddler.rewards.length import LengthModel, child_utterances, word_count  # noqa: E402
+from minitoddler.rl.prompts import bundled_pairs, load_prompts, prompt_batch, prompt_file  # noqa: E402
+from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, train_tokenizer  # noqa: E402
+
+SIDES = ("ours_fp32", "ours_auto", "trl")
+
+
+def cpu_info() -> dict:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {"cpu": model, "flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags],
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "load_avg": os.getloadavg()}
+
+
+@contextmanager
+def timing(obj, name: str, times: list):
+    """Record the seconds of every call of `obj.name` into `times` while inside the block."""
+    fn, own = getattr(obj, name), name in vars(obj)
+
+    def timed(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            times.append(time.perf_counter() - t)
+
+    setattr(obj, name, timed)
+    try:
+        yield
+    finally:
+        if own:
+            setattr(obj, name, fn)
+        else:
+            delattr(obj, name)  # the instance attribute that shadowed a method
+
+
+def setup(work: Path, model: str, n_prompts: int, steps: int, seed: int) -> dict:
+    """Model directory (random weights, BPE from the bundled pairs, ChatML template), pairs directory,
+    length fit, and the caregiver lines our run will draw in its first `steps` steps."""
+    pairs = bundled_pairs(work / "data")
+    rows = [json.loads(x) for x in (pairs / "train.jsonl").read_text().splitlines() if x.strip()]
+    model_dir = Path(model)
+    if not model_dir.is_dir():
+        train_tokenizer([t for r in rows for t in (r["prompt"], r["response"])], work / "tok0")
+        torch.manual_seed(seed)
+        policy = model_from_arg(model)
+        add_chat_tokens(policy, work / "tok0", work / "tok", DEFAULT_SYSTEM_PROMPT)  # the chat_template TRL needs
+        model_dir = save_model(policy, work / "model", tokenizer=work / "tok")
+    fit = LengthModel.fit([word_count(t) for _, _, t in child_utterances([SAMPLE_DIR])]).save(work / "length.json")
+    prompts = load_prompts(prompt_file(pairs), seed)
+    used = [p for s in range(steps) for p in prompt_batch(prompts, s, n_prompts, seed)]
+    return {"model": model_dir, "pairs": pairs, "length_fit": fit, "prompts": used}
+
+
+def summarise(step_s, gen_s, score_s, tokens) -> dict:
+    """Medians over the steps after the first (warm-up) one."""
+    def med(xs):
+        return statistics.median(xs[1:] if len(xs) > 1 else xs)
+    step, gen, score = med(step_s), med(gen_s), med(score_s)
+    return {"step_s": step, "sampling_s": gen, "logprobs_reward_s": score, "update_s": step - gen - score,
+            "rollout_tokens_per_s": med([n / g for n, g in zip(tokens, gen_s)]),
+            "completion_tokens": med(tokens), "step_times": step_s}
+
+
+def ours(env: dict, work: Path, args, dtype: str) -> dict:
+    out = work / f"ours{time.time_ns()}"
+    cfg = train_rl.RLConfig(algo="grpo", model=str(env["model"]), data=str(env["pairs"]), out=str(out),
+                            steps=args.steps, batch_prompts=args.prompts, generations=args.generations,
+                            max_new_tokens=args.max_new_tokens, lr=1e-5, lora_rank=0, beta=0.04,
+                            device_batch_size=args.prompts * args.generations, eval_prompts=0, save_every=0,
+                            sample_every=0, dtype=dtype, device="cpu", seed=args.seed)
+    score_t, reward_t = [], []
+    with timing(train_rl, "score_rollout", score_t), timing(CombinedReward, "components", reward_t):
+        train_rl.main(cfg, "length", {"length_fit": str(env["length_fit"])})
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "step_time" in r]
+    tokens = [r["completion_len"] * args.prompts * args.generations for r in rows]
+    return summarise([r["step_time"] for r in rows], [r["generation_time"] for r in rows],
+                     [s + r for s, r in zip(score_t, reward_t)], tokens)
+
+
+def trl(env: dict, work: Path, args) -> dict:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, LlamaForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from minitoddler.rewards.length import LengthReward
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self.t = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.t)
+
+    length = LengthReward(LengthModel.load(env["length_fit"]))
+
+    def length_reward(prompts, completions, **kw):
+        # Our rollouts score the reply cut at its first line break (evals.generation.clean_reply); so here.
+        replies = [c[0]["content"].split("\n")[0].strip() for c in completions]
+        return length.score(prompts, replies).tolist()
+
+    tok = AutoTokenizer.from_pretrained(str(env["model"]))
+    model = LlamaForCausalLM.from_pretrained(str(env["model"]), dtype=torch.float32)
+    rows = [{"prompt": [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+                        {"role": "user", "content": f"Caregiver: {p}"}]} for p in env["prompts"]]
+    completions = args.prompts * args.generations
+    config = GRPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=completions,
+                        gradient_accumulation_steps=1, num_generations=args.generations,
+                        max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0,
+                        learning_rate=1e-5, warmup_steps=0.1, beta=0.04, epsilon=0.2, num_iterations=1,
+                        loss_type="grpo", scale_rewards="group", max_steps=args.steps,
+                        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
+                        save_strategy="no", logging_steps=1, dataloader_num_workers=0, seed=args.seed)
+    timer = StepTimer()
+    trainer = GRPOTrainer(model=model, reward_funcs=length_reward, args=config,
+                          train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer])
+    gen_t, score_t = [], []
+    with timing(trainer, "_generate", gen_t), timing(trainer, "_generate_and_score_completions", score_t):
+        trainer.train()
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    # _generate_and_score_completions = sampling (_generate) + old/reference log-probs + reward.
+    return summarise(timer.times, gen_t, [s - g for s, g in zip(score_t, gen_t)],
+                     [n * completions for n in lengths])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny", help="preset (random weights) or model directory")
+    ap.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    ap.add_argument("--generations", type=int, default=8, help="completions per prompt")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=6, help="steps per run (the first is a warm-up)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every side")
+    ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {','.join(SIDES)}")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--out", default="runs/bench_rl.json")
+    args = ap.parse_args(argv)
+    sides = args.sides.split(",")
+    if unknown := set(sides) - set(SIDES):
+        raise SystemExit(f"error: --sides: unknown {sorted(unknown)}; choose from {','.join(SIDES)}")
+    torch.set_num_threads(args.threads)
+    result = {"settings": vars(args), "before": cpu_info(), "rounds": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env = setup(work, args.model, args.prompts, args.steps, args.seed)
+        run = {"ours_fp32": lambda: ours(env, work, args, "fp32"), "ours_auto": lambda: ours(env, work, args, "auto"),
+               "trl": lambda: trl(env, work, args)}
+        for r in range(args.rounds):
+            row = {}
+            for side in sides:
+                row[side] = run[side]()
+                m = row[side]
+                print(f"round {r + 1}: {side:9s} {m['step_s']:.3f} s/step (sampling {m['sampling_s']:.3f}, "
+                      f"log-probs+reward {m['logprobs_reward_s']:.3f}, update {m['update_s']:.3f}) | "
+                      f"rollout {m['rollout_tokens_per_s']:.0f} tokens/s | load {os.getloadavg()[0]:.1f}", flush=True)
+            result["rounds"].append(row)
+    result["after"] = cpu_info()
+    summary = {side: {k: statistics.median(row[side][k] for row in result["rounds"])
+                      for k in ("step_s", "sampling_s", "logprobs_reward_s", "update_s", "rollout_tokens_per_s")}
+               for side in sides}
+    if "trl" in sides:
+        for side in set(sides) - {"trl"}:  # step rate and rollout speed relative to TRL, medians of per-round ratios
+            summary[side]["step_rate_vs_trl"] = statistics.median(
+                row["trl"]["step_s"] / row[side]["step_s"] for row in result["rounds"])
+            summary[side]["rollout_speed_vs_trl"] = statistics.median(
+                row[side]["rollout_tokens_per_s"] / row["trl"]["rollout_tokens_per_s"] for row in result["rounds"])
+    result["summary"] = summary
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"model": args.model, **summary, "before": result["before"], "after": result["after"]}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
