@@ -74,6 +74,8 @@ class DemoConfig:
     eval_pairs: int = 0             # minimal pairs per paradigm from the bundled sample (0: all: 20 Zorro, 10 BLiMP)
     device: str = "cpu"             # the demo is sized for a CPU; cuda works too
     dtype: str = "fp32"             # fp32 | bf16 | auto (see train_pretrain.py)
+    threads: int = 1                # torch CPU threads (0: torch's default). A tiny model's matrices gain nothing
+                                    # from a second thread, and on a busy 2-core machine two threads ran 6x slower
     seed: int = 1337
 
 
@@ -205,6 +207,8 @@ def report(results: dict, out: Path, stages: dict) -> str:
 
 
 def main(cfg: DemoConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out)
