@@ -155,3 +155,45 @@ def test_reward_rises(setup, tmp_path, monkeypatch, algo):
     rewards = [json.loads(x)["reward/total"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last > first + 0.05, rewards
+
+
+def test_grpo_on_a_smollm2_directory_written_by_transformers(setup, tmp_path, capsys):
+    """SmolLM2-360M-Instruct's config (2 of its 32 layers, to stay fast) with random weights, as transformers
+    writes it, and a ChatML tokenizer with SmolLM2's special ids (<|endoftext|> 0, <|im_start|> 1,
+    <|im_end|> 2, no <|pad|>): GRPO runs with the model's own chat tokens and exports a directory
+    transformers loads with the same logits."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    smol = tmp_path / "smol"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    rows = [json.loads(x) for x in (setup["pairs"] / "train.jsonl").read_text().splitlines()]
+    tok.train_from_iterator([t for r in rows for t in (r["prompt"], r["response"])],
+                            trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>",
+                                                                                "<|im_end|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    smol.mkdir()
+    tok.save(str(smol / "tokenizer.json"))
+    template = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                "{% endif %}")
+    (smol / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "eos_token": "<|im_end|>"}))
+    hf_cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=2,
+                                      num_attention_heads=15, num_key_value_heads=5, max_position_embeddings=8192,
+                                      rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(hf_cfg).save_pretrained(smol, safe_serialization=True)
+    out = tmp_path / "run"
+    final = run(setup, rl_config({**setup, "model": smol}, out, steps=1, generations=2, max_new_tokens=4,
+                                 lora_rank=2, lr=1e-2, system_prompt="You are a 2-3-year-old child."))
+    assert "not a chat model yet" not in capsys.readouterr().out  # SmolLM2 already has ChatML: nothing added
+    ours = load_model(final)
+    assert (ours.cfg.num_key_value_heads, ours.cfg.vocab_size, ours.cfg.rope_theta) == (5, 49152, 100000.0)
+    theirs = transformers.LlamaForCausalLM.from_pretrained(final).eval()
+    ids = torch.randint(3, 600, (1, 9))
+    with torch.no_grad():
+        assert torch.allclose(ours(ids), theirs(ids).logits, atol=1e-4)
