@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from minitoddler.checkpoint import save_model
-from minitoddler.cli import parse_config
+from minitoddler.cli import parse_config, run
 from minitoddler.config import preset
 from minitoddler.generate import generate
 from minitoddler.model import ToddlerLM
@@ -181,4 +181,4 @@ def main(cfg: BenchConfig):
 
 
 if __name__ == "__main__":
-    main(parse_config(BenchConfig, __doc__))
+    run(main, parse_config(BenchConfig, __doc__))

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from minitoddler.checkpoint import model_from_arg
-from minitoddler.cli import parse_config
+from minitoddler.cli import parse_config, run
 from minitoddler.evals.generation import DEFAULT_PROMPTS, FORMATS, evaluate_generation, load_prompts
 from minitoddler.evals.lexical import read_lexical_csv
 from minitoddler.evals.minimal_pairs import (CONVENTIONS, ZORRO_ORDERS, evaluate_pairs, first_per_paradigm,
@@ -164,4 +164,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

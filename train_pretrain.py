@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from minitoddler.checkpoint import model_from_arg, save_model
-from minitoddler.cli import parse_config
+from minitoddler.cli import parse_config, run
 from minitoddler.data.shards import TokenLoader, default_shards, read_meta, shard_tokenizer_dir
 from minitoddler.trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, device_peak_flops,
                                  due, grad_accum_steps, lr_at, make_optimizer, resolve_dtype,
@@ -203,4 +203,4 @@ def main(cfg: PretrainConfig) -> Path:
 
 
 if __name__ == "__main__":
-    main(parse_config(PretrainConfig, __doc__))
+    run(main, parse_config(PretrainConfig, __doc__))

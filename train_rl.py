@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from minitoddler.chatml import add_chat_tokens
 from minitoddler.checkpoint import load_model, save_model
-from minitoddler.cli import config_from_args, config_parser, parse_config
+from minitoddler.cli import config_from_args, config_parser, parse_config, run
 from minitoddler.lora import LoraConfig, apply_lora, lora_disabled, merge_lora, parse_targets, save_adapter
 from minitoddler.model import ToddlerLM
 from minitoddler.rewards.combine import add_reward_flags, build_reward, options_from_args
@@ -414,4 +414,4 @@ def cli(argv: list[str]) -> Path:
 
 
 if __name__ == "__main__":
-    cli(sys.argv[1:])
+    run(cli, sys.argv[1:])

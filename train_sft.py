@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from minitoddler.chatml import IM_END, add_chat_tokens, child_replies
 from minitoddler.checkpoint import load_model, save_model
-from minitoddler.cli import parse_config
+from minitoddler.cli import parse_config, run
 from minitoddler.data.prepare import PrepareConfig, prepare
 from minitoddler.lora import LoraConfig, apply_lora, merge_lora, parse_targets, save_adapter
 from minitoddler.sft import (DEFAULT_STAGES, FLAT_STAGES, build_examples, check_scores, collate, parse_stages,
@@ -273,4 +273,4 @@ def main(cfg: SFTConfig) -> Path:
 
 
 if __name__ == "__main__":
-    main(parse_config(SFTConfig, __doc__))
+    run(main, parse_config(SFTConfig, __doc__))

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 from .checkpoint import load_model
 from .chatml import render_chat
-from .cli import parse_config
+from .cli import parse_config, run
 from .evals.generation import clean_reply, stop_ids
 from .generate import generate
 from .tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
@@ -186,4 +186,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from .chat import FORMATS, StudyLog, first_id, fit_prompt, load, reply_stops, reply_text
-from .cli import parse_config
+from .cli import parse_config, run
 from .generate import generate
 from .tokenizer import DEFAULT_SYSTEM_PROMPT
 
@@ -529,4 +529,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import load_model
-from .cli import parse_config
+from .cli import parse_config, run
 from .generate import generate
 from .rewards.references import prompt_key
 from .rewards.teacher import TeacherReward
@@ -261,4 +261,4 @@ def main(cfg: TeacherConfig) -> Path:
 
 
 if __name__ == "__main__":
-    main(parse_config(TeacherConfig, __doc__))
+    run(main, parse_config(TeacherConfig, __doc__))

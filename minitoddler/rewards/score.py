@@ -147,4 +147,5 @@ def main(argv=None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    from minitoddler.cli import run
+    run(main)

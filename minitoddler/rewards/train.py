@@ -254,4 +254,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from minitoddler.cli import run
+    run(main)

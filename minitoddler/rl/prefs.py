@@ -172,4 +172,5 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from minitoddler.cli import run
+    run(main)

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from ..checkpoint import atomic_write, load_model, save_model
-from ..cli import parse_config
+from ..cli import parse_config, run
 from ..data.prepare import PrepareConfig, prepare
 from ..lora import LoraConfig, apply_lora, merge_lora, parse_targets, save_adapter
 from ..sft import stage_batch
@@ -361,4 +361,4 @@ def main(cfg: DPOConfig) -> Path:
 
 
 if __name__ == "__main__":
-    main(parse_config(DPOConfig, __doc__))
+    run(main, parse_config(DPOConfig, __doc__))
