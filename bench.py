@@ -37,18 +37,18 @@ SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 @dataclass
 class BenchConfig:
-    model: str = "toddler-155m"
+    model: str = "toddler-155m"     # preset name or model directory to time
     batch: int = 4            # training batch (sequences)
     seq: int = 256            # training sequence length
     gen_batch: int = 8        # prompts per generation batch
-    new_tokens: int = 64
-    rounds: int = 3
+    new_tokens: int = 64            # tokens generated per prompt
+    rounds: int = 3                 # timed repetitions; the best is reported
     device: str = "auto"
     dtype: str = "auto"       # the precision measured beside fp32: auto | bf16 | fp32
     compile: bool = False
     threads: int = 0          # 0 = torch's default
     no_hf: bool = False       # skip transformers' side (half the time)
-    json: bool = False
+    json: bool = False              # print the results as one JSON object
 
 
 def timed(fn, device) -> float:

@@ -83,17 +83,17 @@ class RLConfig:
     advantage_scale: str = "group"  # group | batch | none
     loss_norm: str = "sequence"    # sequence | token | dr_grpo
     # PPO (trl 0.8.6)
-    ppo_epochs: int = 4
+    ppo_epochs: int = 4             # optimization passes over each rollout batch
     mini_batch_size: int = 1       # rows per PPO optimizer step
-    init_kl_coef: float = 0.2
-    kl_target: float = 6.0
+    init_kl_coef: float = 0.2       # starting coefficient of the per-token KL penalty in the reward
+    kl_target: float = 6.0          # the adaptive KL controller steers the KL to this (nats per reply)
     kl_horizon: float = 10000.0    # 0 = a fixed KL coefficient
     kl_penalty: str = "kl"         # kl | abs | mse
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip_value: float = 0.2
-    vf_coef: float = 0.1
-    ratio_threshold: float = 10.0
+    gamma: float = 1.0              # discount of future rewards (GAE)
+    lam: float = 0.95               # GAE lambda: bias/variance of the advantage estimate
+    clip_value: float = 0.2         # value-head update clip around the rollout's values
+    vf_coef: float = 0.1            # weight of the value loss beside the policy loss
+    ratio_threshold: float = 10.0   # skip a batch whose mean policy ratio exceeds this (trl's guard)
     # prompts, logging, checkpoints
     clarity_keep: float = 1.0      # < 1 keeps the clearest fraction of prompts (RM-4; --clarity-model or heuristic)
     eval_prompts: int = 32         # held-out prompts scored before and after training (0 = none)

@@ -1,6 +1,7 @@
 """An OpenAI-compatible local server for one model, with a chat page for the browser.
 
     python -m minitoddler.serve --model runs/sft/final [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--log study.jsonl]
+    python -m minitoddler.serve --model runs/sft/final --port 0 --api-key KEY   # any free port, with a key
 
 `POST /v1/chat/completions` (messages, max_tokens, temperature, top_p, stop, seed, n, stream as
 server-sent `chat.completion.chunk` events ending in `data: [DONE]`), `GET /v1/models`, `GET /health`,
@@ -48,11 +49,11 @@ class ServeConfig:
     user_prefix: str = "Caregiver: "           # put before each user turn (chat format), as in SFT
     temperature: float = 0.7                   # defaults for requests that do not say
     top_p: float = 0.9
-    default_max_tokens: int = 48
+    default_max_tokens: int = 48    # max_tokens of a request that does not set it
     max_tokens: int = 256                      # the most one request may ask for
-    max_body_bytes: int = 1_000_000
-    max_messages: int = 64
-    max_n: int = 8
+    max_body_bytes: int = 1_000_000   # larger request bodies are refused (413)
+    max_messages: int = 64          # the most messages one conversation may hold
+    max_n: int = 8                  # the most completions (n) one request may ask for
     max_batch: int = 32                        # rows (requests x n) in one generate call
     batch_wait_ms: float = 5.0                 # how long the worker waits for requests to join a batch
     device: str = "auto"

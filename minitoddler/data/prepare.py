@@ -1,6 +1,7 @@
 """Build the training corpora from a directory of CHAT transcripts.
 
     python -m minitoddler.data.prepare --chat-dir DIR --out DIR     # default: the bundled sample corpus
+    python -m minitoddler.data.prepare --chat-dir ../shared/data/childes --out prepared --workers 2
 
 Writes, per split (train/val/test, assigned by transcript so no transcript is in two splits):
     <out>/cds/{split}.jsonl       child-directed speech: every caregiver utterance
@@ -310,13 +311,13 @@ def _open_jsonl(path: Path):
 
 def parse_args(argv=None) -> PrepareConfig:
     d = PrepareConfig()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chat-dir", "--data", type=Path, default=d.chat_dir,
                     help="directory searched recursively for .cha files (default: the bundled sample corpus)")
     ap.add_argument("--out", type=Path, default=d.out, help="output directory")
-    ap.add_argument("--val-frac", type=float, default=d.val_frac)
-    ap.add_argument("--test-frac", type=float, default=d.test_frac)
+    ap.add_argument("--val-frac", type=float, default=d.val_frac, help='fraction of transcripts held out for validation')
+    ap.add_argument("--test-frac", type=float, default=d.test_frac, help='fraction of transcripts held out for testing')
     ap.add_argument("--language", default=d.language,
                     help='keep transcripts whose @Languages lists this ("" = all)')
     ap.add_argument("--include-child", action="store_true", help="cds also holds the target child's utterances")
@@ -324,7 +325,7 @@ def parse_args(argv=None) -> PrepareConfig:
     ap.add_argument("--forms", choices=FORMS, default=d.forms,
                     help="spoken: the child's own word forms (goed [: went] -> goed); target: the replacement (went)")
     ap.add_argument("--no-overlap", action="store_true", help="prefs: rejected reply shares no word with the prompt")
-    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--seed", type=int, default=d.seed, help='seed of the transcript split')
     ap.add_argument("--workers", type=int, default=d.workers, help="reader processes (0 = one per CPU)")
     return PrepareConfig(**vars(ap.parse_args(argv)))
 

@@ -1,6 +1,7 @@
 """Tokenized, packed training shards and a resumable, deterministic loader over them.
 
     python -m minitoddler.data.shards --corpus CORPUS/cds --out DIR [--tokenizer TOKDIR]
+    python -m minitoddler.data.shards --corpus CORPUS/triplets --out DIR2 --tokenizer DIR/tokenizer --shuffle-seed 1
 
 A shard directory holds, per split, `{split}.bin`: one uint16 token stream that starts with
 <|endoftext|> and has every document followed by <|endoftext|> (the document separator), plus
@@ -196,13 +197,13 @@ def _write_json(path: Path, obj) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Tokenize a prepared corpus into uint16 training shards.")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, required=True,
                     help="directory with {train,val,test}.jsonl, e.g. CORPUS/cds or CORPUS/triplets from prepare")
     ap.add_argument("--out", type=Path, required=True, help="shard directory to write")
     ap.add_argument("--tokenizer", type=Path,
                     help="directory with tokenizer.json (default: train one on the train split)")
-    ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--vocab-size", type=int, default=8192, help='BPE vocabulary size when a tokenizer is trained')
     ap.add_argument("--field", default="text", help="JSONL field holding the text")
     ap.add_argument("--seq-len", type=int, default=SEQ_LEN, help="context length recorded in meta.json")
     ap.add_argument("--shuffle-seed", type=int, default=None,

@@ -12,6 +12,9 @@ real word, a pronounceable pseudo-word of the same length and consonant/vowel pa
 letters changed, whose every letter trigram (word edges included) occurs in real words, that is not
 itself a word, and whose mean letter-bigram log-frequency is closest to the real word's (Wuggy's
 sub-lexical frequency matching; a pseudo-word has no word frequency of its own).
+
+    python -m minitoddler.evals.lexical --words ../shared/data/aoa/babylm_cdi_aoa_word_list.csv --out pairs.csv
+    python eval.py --task lexical --model runs/pre/final --data pairs.csv
 """
 from __future__ import annotations
 
@@ -136,7 +139,7 @@ def read_lexicon(path: str | Path) -> list[str]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Builds word/pseudo-word pairs.")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--words", required=True,
                     help="CSV word list, e.g. ../shared/data/aoa/babylm_cdi_aoa_word_list.csv")
     ap.add_argument("--column", default=None, help="column holding the words (default: detected)")
@@ -145,7 +148,7 @@ def main(argv=None) -> None:
                          "words: CSV word lists (e.g. ../shared/data/aoa/kuperman_2012_aoa.csv) and/or text "
                          "files (every word in them counts, e.g. a corpus). Default: the word list only")
     ap.add_argument("--out", required=True, help="output CSV (word,pseudoword,category,...)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help='seed of the pseudo-word generation')
     ap.add_argument("--tries", type=int, default=400, help="random candidates per word")
     ap.add_argument("--min-count", type=int, default=2,
                     help="each letter trigram of a pseudo-word must occur this often in the lexicon")

@@ -11,6 +11,7 @@ adult line and kept the top 10%. That classifier is not public, so the scorer he
     question_term = 1 if the line ends with "?", else 0.6 (a question invites a reply).
 
 Filter:  python -m minitoddler.rewards.clarity --data prompts.txt --out runs/prompts_top10.txt --keep 0.1
+        python -m minitoddler.rewards.clarity --data prepared/pairs/train.jsonl --out runs/prompts_top25.txt --keep 0.25
 (--data: one prompt per line, or JSONL with a "prompt" field; duplicates are removed after
 lower-casing and collapsing whitespace; ties keep the input order.)
 """
@@ -96,12 +97,12 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Keep the clearest caregiver prompts (RM-4 filter).")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="prompts: text file (one per line) or JSONL with 'prompt'")
     ap.add_argument("--out", required=True, help="text file for the kept prompts, best first")
     ap.add_argument("--keep", type=float, default=0.1, help="fraction of deduplicated prompts to keep")
     ap.add_argument("--model", default=None, help="BERT classifier directory (default: the heuristic)")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help='auto | cpu | cuda')
     args = ap.parse_args(argv)
     prompts = read_prompts(args.data)
     scorer = ClarityScorer(load_bert(args.model, pick_device(args.device)) if args.model else None)

@@ -17,6 +17,7 @@ Either score is divided by max(1, number of punctuation marks [.!?,;:]), as the 
 so one short sentence beats several. An empty reply scores 0.
 
 Fit:  python -m minitoddler.rewards.length --data ../shared/data/childes --out runs/length.json
+      python -m minitoddler.rewards.length --out runs/length_pmf.json --form pmf
 (without --data: the bundled sample transcripts, minitoddler/data/sample)
 """
 from __future__ import annotations
@@ -166,12 +167,12 @@ def child_utterances(paths: list[str | Path]):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Fit RM-3, the length reward, to child utterance lengths in CHILDES.")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", default=[str(SAMPLE_DIR)],
                     help=".cha files or directories (default: the bundled sample)")
     ap.add_argument("--out", required=True, help="JSON file to write")
-    ap.add_argument("--form", choices=FORMS, default="split_gaussian")
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--form", choices=FORMS, default="split_gaussian", help='pmf (smoothed length histogram) | split_gaussian (two half-Gaussians around the mode)')
+    ap.add_argument("--temperature", type=float, default=1.0, help='> 1 flattens the reward over lengths, < 1 sharpens it')
     ap.add_argument("--alpha", type=float, default=1.0, help="pmf: Dirichlet pseudo-count per length")
     ap.add_argument("--max-age", type=float, default=None, help="only children up to this age (months)")
     args = ap.parse_args(argv)

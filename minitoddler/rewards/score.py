@@ -131,7 +131,7 @@ def main(argv=None) -> list[Path]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="pairs JSONL file, or a directory of them")
     ap.add_argument("--out", required=True, help="output file (for a file --data) or directory")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help='auto | cpu | cuda')
     add_reward_flags(ap, default_spec="coherence,clarity")
     args = ap.parse_args(argv)
     parse_spec(args.reward)  # a typo in the spec fails before any model is loaded

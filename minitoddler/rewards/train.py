@@ -215,33 +215,33 @@ def train(args) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kind", choices=("childlike", "coherence"), required=True)
+    ap.add_argument("--kind", choices=("childlike", "coherence"), required=True, help='childlike: RM-1, child vs adult utterance (classifier); coherence: RM-2, scored caregiver->child pairs (regression)')
     ap.add_argument("--data", nargs="+", default=None,
                     help="childlike: CHILDES .cha files/directories (default: the bundled sample); "
                          "coherence: a CSV/JSONL of scored pairs")
     ap.add_argument("--init", required=True, help="a BERT directory, or 'scratch'")
     ap.add_argument("--out", required=True, help="directory for the trained model and its metrics")
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=2e-5)
-    ap.add_argument("--weight-decay", type=float, default=0.01)
-    ap.add_argument("--batch-size", type=int, default=150)
+    ap.add_argument("--epochs", type=int, default=5, help='passes over the training rows')
+    ap.add_argument("--lr", type=float, default=2e-5, help='peak learning rate')
+    ap.add_argument("--weight-decay", type=float, default=0.01, help='AdamW weight decay')
+    ap.add_argument("--batch-size", type=int, default=150, help='rows per optimizer step')
     ap.add_argument("--max-length", type=int, default=None, help="tokens (default 32 childlike, 96 coherence)")
-    ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--val-fraction", type=float, default=0.1, help='fraction of rows held out for validation')
     ap.add_argument("--adult-ratio", type=float, default=ADULT_RATIO,
                     help="childlike: at most this many adult utterances (label 0) per target-child utterance "
                          "of each transcript, drawn at random (0: children only; a large value keeps all)")
     ap.add_argument("--limit", type=int, default=0, help="train on at most this many rows (0: all)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0, help='seed of the split, sampling and initialization')
+    ap.add_argument("--device", default="auto", help='auto | cpu | cuda')
     ap.add_argument("--log-every", type=int, default=10, help="print the training loss every N steps")
-    ap.add_argument("--prompt-col", default="Mother Prompt")
-    ap.add_argument("--reply-col", default="Child Response")
-    ap.add_argument("--label-col", default="Extracted Score")
+    ap.add_argument("--prompt-col", default="Mother Prompt", help='coherence: column of the caregiver line')
+    ap.add_argument("--reply-col", default="Child Response", help='coherence: column of the child reply')
+    ap.add_argument("--label-col", default="Extracted Score", help='coherence: column of the score')
     ap.add_argument("--label-scale", type=float, default=5.0, help="label = score / this")
     ap.add_argument("--vocab-size", type=int, default=4000, help="scratch: WordPiece vocabulary size")
-    ap.add_argument("--scratch-hidden", type=int, default=128)
-    ap.add_argument("--scratch-layers", type=int, default=2)
-    ap.add_argument("--scratch-heads", type=int, default=2)
+    ap.add_argument("--scratch-hidden", type=int, default=128, help='scratch: hidden size')
+    ap.add_argument("--scratch-layers", type=int, default=2, help='scratch: transformer layers')
+    ap.add_argument("--scratch-heads", type=int, default=2, help='scratch: attention heads')
     args = ap.parse_args(argv)
     if args.data is None:
         if args.kind == "coherence":

@@ -11,6 +11,7 @@ Synthetic pairs (the llamalogue synthetic set): the teacher's first answer to a 
 chosen, a random child utterance of the same word length as rejected, in the DPO format:
 
     python -m minitoddler.rl.prefs --teacher teacher.jsonl --children prepared/pairs/train.jsonl --out synthetic.jsonl
+    python -m minitoddler.rl.prefs --teacher teacher.jsonl --children prepared/pairs/train.jsonl --out synthetic2.jsonl --seed 1
 """
 from __future__ import annotations
 
@@ -158,7 +159,7 @@ def main(argv=None) -> Path:
     p.add_argument("--teacher", required=True, help="teacher file (python -m minitoddler.teacher writes one)")
     p.add_argument("--children", required=True, help="child utterances: pairs JSONL, DPO pairs, or text lines")
     p.add_argument("--out", required=True, help="JSONL of {prompt, chosen, rejected}")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help='random seed (which reply is the negative)')
     args = p.parse_args(argv)
     pairs, left_out = synthetic_pairs(load_references(args.teacher), read_utterances(args.children), args.seed)
     out = Path(args.out)

@@ -57,11 +57,11 @@ class DPOConfig:
     format: str = "dialogue"      # dialogue (*MOT: …\n*CHI: …) | chatml
     system_prompt: str = DEFAULT_SYSTEM_PROMPT  # chatml only
     loss: str = "sigmoid"         # sigmoid (DPO) | ipo | hinge
-    beta: float = 0.1
+    beta: float = 0.1               # strength of the pull toward the reference model (DPO's beta)
     lr: float = 5e-6              # linear decay to 0, no warmup
     batch_size: int = 32          # pairs per optimizer step, summed over processes and accumulation
     device_batch_size: int = 8    # pairs per forward pass (2x sequences: chosen and rejected together)
-    epochs: float = 1.0
+    epochs: float = 1.0             # passes over the pairs (fractions allowed) when --steps is 0
     steps: int = 0                # 0 = epochs x pairs / batch_size; the LR decays over these steps
     max_len: int = 0              # 0 = the model's context; longer pairs lose prompt tokens from the front
     val_fraction: float = 0.05    # held out when --data is one file
