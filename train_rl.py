@@ -324,7 +324,10 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
                 token_r, penalty = token_rewards(scores.to(device), old_lp, ref_lp, mask.float(), kl_ctl.value,
                                                  cfg.kl_penalty)
                 advantages, returns = gae(token_r, old_values, mask.float(), cfg.gamma, cfg.lam)
-                seq_kl = float(((old_lp - ref_lp) * mask).sum(1).mean())
+                seq_kl = ((old_lp - ref_lp) * mask).sum(1).mean()
+                if dist.is_initialized():  # one KL coefficient for every process
+                    dist.all_reduce(seq_kl, op=dist.ReduceOp.AVG)
+                seq_kl = float(seq_kl)
                 sums, count = {}, 0
                 for _ in range(cfg.ppo_epochs):
                     order = torch.randperm(ids.shape[0])
@@ -336,6 +339,9 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
                                             mask[r], cfg.clip_eps, cfg.clip_value, cfg.vf_coef, cfg.ratio_threshold)
                         check_finite(loss.detach(), step)
                         loss.backward()
+                        if dist.is_initialized():  # the value head is outside DDP: average its gradients here
+                            for p in head.parameters():
+                                dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
                         grad_norm = clip_and_step(trainable, optimizer, cfg.grad_clip)
                         for k, v in {**st, "loss": loss.item()}.items():
                             sums[k] = sums.get(k, 0.0) + v
