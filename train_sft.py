@@ -28,7 +28,8 @@ from minitoddler.cli import parse_config, run
 from minitoddler.data.prepare import PrepareConfig, prepare
 from minitoddler.lora import LoraConfig, apply_lora, merge_lora, parse_targets, save_adapter
 from minitoddler.sft import (DEFAULT_STAGES, FLAT_STAGES, build_examples, check_scores, collate, parse_stages,
-                             plan_curriculum, read_pairs, response_loss_sum, split_off, stage_batch, stage_subsets)
+                             plan_curriculum, read_pairs, response_loss_sum, scale_curriculum, split_off, stage_batch,
+                             stage_subsets)
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 from minitoddler.trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, due, lr_at,
                                  make_optimizer, resolve_dtype, resume_checkpoint, save_checkpoint, set_lr,
@@ -52,7 +53,9 @@ class SFTConfig:
     device_batch_size: int = 16   # pairs per forward pass on each process
     max_len: int = 0              # 0 = the model's context; longer pairs lose caregiver tokens from the front
     skip_too_long: bool = False   # leave out (count, list) pairs whose reply alone exceeds max_len; else stop
-    steps: int = 0                # 0 = the whole curriculum; N = stop after N steps (the schedule is unchanged)
+    steps: int = 0                # 0 = the whole curriculum; N = the curriculum scaled to N steps (each stage keeps
+                                  # its share, warmup and decay to min_lr_ratio)
+    stop_after: int = 0           # stop (and save) after N steps of the unchanged schedule; --resume continues it
     warmup_steps: int = 10        # per stage, then cosine to min_lr_ratio x the stage's LR
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -152,9 +155,10 @@ def main(cfg: SFTConfig) -> Path:
                                                 cfg.system_prompt, cfg.skip_too_long)
     val_examples, _, val_skipped = build_examples(tokenizer, val_pairs[:cfg.eval_pairs], max_len,
                                                   cfg.system_prompt, cfg.skip_too_long)
-    plans = plan_curriculum(stages, subsets, cfg.batch_size)
+    full = plan_curriculum(stages, subsets, cfg.batch_size)
+    plans = scale_curriculum(full, cfg.steps) if cfg.steps else full
     total = sum(p.steps for p in plans)
-    steps = min(total, cfg.steps) if cfg.steps else total
+    steps = min(total, cfg.stop_after) if cfg.stop_after else total
     plan_summary = [dict(asdict(p.stage), pairs=len(p.examples), steps=p.steps) for p in plans]
 
     # LoRA or full fine-tuning.
@@ -181,11 +185,15 @@ def main(cfg: SFTConfig) -> Path:
     if ddp.is_main:
         print(f"model {cfg.model}: {model.num_parameters() / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trained "
               f"({'LoRA rank ' + str(cfg.lora_rank) if lora else 'full fine-tuning'}) | pairs {source}: "
-              f"{len(train_pairs)} train, {len(val_pairs)} val | {cfg.batch_size} pairs/step | {steps} steps\n"
+              f"{len(train_pairs)} train, {len(val_pairs)} val | {cfg.batch_size} pairs/step | {total} steps"
+              f"{f' (the full curriculum, {sum(p.steps for p in full)}, scaled by --steps)' if cfg.steps else ''}"
+              f"{f', stopping after {steps} (--stop-after)' if steps < total else ''}\n"
               f"dtype {precision}")
-        for i, p in enumerate(plan_summary):
+        for i, (p, f) in enumerate(zip(plan_summary, full)):
+            scaled = f" -> {p['steps']} by --steps ({p['steps'] * cfg.batch_size / max(1, p['pairs']):.3g} epochs)"
             print(f"  stage {i + 1}: top {p['top']:.4g} = {p['pairs']} pairs, lr {p['lr']:.2g}, "
-                  f"{p['epochs']:g} epochs, {p['steps']} steps")
+                  f"{p['epochs']:g} epochs, {f.steps} steps{scaled if p['steps'] != f.steps else ''}, "
+                  f"warmup {min(cfg.warmup_steps, p['steps'] // 10)}, cosine to {cfg.min_lr_ratio:g} x lr")
         if skipped or val_skipped:
             print(f"note: left out {len(skipped)} training and {len(val_skipped)} validation pairs whose child "
                   f"reply alone does not fit in {max_len} tokens (--skip-too-long): "

@@ -52,12 +52,20 @@ def field_comments(cls) -> dict[str, str]:
         src = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
         return {}
-    comments = {tok.start[0]: tok.string.lstrip("#").strip()
-                for tok in tokenize.generate_tokens(io.StringIO(src).readline) if tok.type == tokenize.COMMENT}
+    lines = src.splitlines()
+    comments, indent = {}, {}  # line -> text; line -> column, for comment-only lines
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+            if not lines[tok.start[0] - 1][:tok.start[1]].strip():
+                indent[tok.start[0]] = tok.start[1]
     out = {}
     for node in ast.parse(src).body[0].body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            text = " ".join(comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments)
+            last = node.end_lineno  # comment-only lines indented past the field continue its comment
+            while indent.get(last + 1, -1) > node.col_offset:
+                last += 1
+            text = " ".join(comments[n] for n in range(node.lineno, last + 1) if n in comments)
             if text:
                 out[node.target.id] = text
     return out

@@ -223,6 +223,25 @@ def plan_curriculum(stages: list[Stage], subsets: list[list[Example]], batch_siz
     return [StagePlan(s, ex, math.ceil(len(ex) * s.epochs / batch_size)) for s, ex in zip(stages, subsets)]
 
 
+def scale_curriculum(plans: list[StagePlan], steps: int) -> list[StagePlan]:
+    """The curriculum fitted into `steps` optimizer steps: each stage keeps its share of the steps
+    (largest remainders; at least one step each), so each still warms up and decays to its floor
+    within the run (--steps N shortens the schedule; it does not cut it off)."""
+    total = sum(p.steps for p in plans)
+    if steps < len(plans):
+        raise ValueError(f"--steps {steps} is fewer than the curriculum's {len(plans)} stages: "
+                         f"give at least {len(plans)}, or fewer stages with --stages")
+    exact = [steps * p.steps / total for p in plans]
+    alloc = [math.floor(x) for x in exact]
+    for i in sorted(range(len(plans)), key=lambda i: alloc[i] - exact[i])[:steps - sum(alloc)]:
+        alloc[i] += 1
+    for i in range(len(alloc)):  # a stage too small for a step of its own takes one from the largest
+        if alloc[i] == 0:
+            alloc[alloc.index(max(alloc))] -= 1
+            alloc[i] = 1
+    return [StagePlan(p.stage, p.examples, n) for p, n in zip(plans, alloc)]
+
+
 def stage_batch(examples: list[Example], stage_index: int, step_in_stage: int, batch_size: int,
                 seed: int) -> list[Example]:
     """The examples of batch `step_in_stage` of a stage. The stage's stream is a fresh seeded shuffle

@@ -69,7 +69,9 @@ def test_train_rl_dpo_flags_have_help(monkeypatch):
 @dataclass
 class Toy:
     lr: float = 1e-3              # peak learning rate, per step
-    warmup: int = 0               # 0 = 1% of the steps
+    warmup: int = 0               # 0 = 1% of the steps,
+                                  # at least 1
+    # a section heading, not part of warmup's help
     name: str = field(default="x", metadata={"help": "from metadata"})  # not this comment
     out: str = "runs/x"
     quiet: bool = False
@@ -79,12 +81,12 @@ class Toy:
 def test_help_from_comments_metadata_and_common_names():
     helps = field_help(Toy)
     assert helps["lr"] == "peak learning rate, per step"
-    assert helps["warmup"] == "0 = 1% of the steps"
+    assert helps["warmup"] == "0 = 1% of the steps, at least 1"
     assert helps["name"] == "from metadata"
     assert helps["out"].startswith("output directory")  # COMMON_HELP
     assert helps["plain"] == ""
     text = config_parser(Toy, "Toy script.").format_help()  # '%' must not break argparse's formatting
-    assert "0 = 1% of the steps (default: 0)" in " ".join(text.split())
+    assert "0 = 1% of the steps, at least 1 (default: 0)" in " ".join(text.split())
     assert undocumented(config_parser(Toy)) == ["--quiet", "--plain"]
 
 

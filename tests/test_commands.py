@@ -176,11 +176,11 @@ def test_skip_too_long(pre, pairs, tmp_path):
 
 
 def test_resume_after_full_fine_tuning(pre, pairs, tmp_path):
-    """24 pairs, one stage of 2 epochs = 6 steps: stopped after 3 (--steps 3) and resumed in a fresh
+    """24 pairs, one stage of 2 epochs = 6 steps: stopped after 3 (--stop-after 3) and resumed in a fresh
     process, the weights equal those of the 6 steps run straight."""
     common = ["train_sft.py", "--model", pre / "final", "--data", pairs, "--stages", "1:2e-3:2", *SFT]
     cli(*common, "--out", tmp_path / "straight")
-    cli(*common, "--out", tmp_path / "split", "--steps", "3")
+    cli(*common, "--out", tmp_path / "split", "--stop-after", "3")
     assert json.loads((tmp_path / "split/checkpoint/trainer_state.json").read_text())["step"] == 3
     done = cli(*common, "--out", tmp_path / "split", "--resume")
     assert "at step 3" in done.stdout

@@ -18,9 +18,9 @@ from minitoddler.checkpoint import save_model
 from minitoddler.cli import parse_config
 from minitoddler.config import preset
 from minitoddler.model import ToddlerLM
-from minitoddler.sft import (DEFAULT_STAGES, Stage, TooLong, check_scores, collate, pair_example, parse_stages,
-                             plan_curriculum, read_pairs, response_loss_sum, stage_batch, stage_subsets,
-                             top_fraction)
+from minitoddler.sft import (DEFAULT_STAGES, Stage, StagePlan, TooLong, check_scores, collate, pair_example,
+                             parse_stages, plan_curriculum, read_pairs, response_loss_sum, scale_curriculum,
+                             stage_batch, stage_subsets, top_fraction)
 from minitoddler.tokenizer import load_tokenizer, train_tokenizer
 from minitoddler.trainer import check_finite
 
@@ -216,7 +216,7 @@ def test_sft_end_to_end_with_lora_and_exact_resume(tmp_path, sft_setup, capsys):
     lora = ("--lora-rank", "4", "--lora-dropout", "0.1", "--lora-targets", "q,k,v,o,gate,up,down")
     lora += ("--samples", "0")
     whole = train_sft.main(sft_args(base, data, tmp_path / "whole", *stages, *lora))
-    train_sft.main(sft_args(base, data, tmp_path / "split", *stages, *lora, "--steps", "9"))
+    train_sft.main(sft_args(base, data, tmp_path / "split", *stages, *lora, "--stop-after", "9"))
     resumed = train_sft.main(sft_args(base, data, tmp_path / "split", *stages, *lora, "--resume"))
     capsys.readouterr()
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
@@ -229,6 +229,38 @@ def test_sft_end_to_end_with_lora_and_exact_resume(tmp_path, sft_setup, capsys):
         train_sft.main(sft_args(base, data, tmp_path / "split", *stages, "--resume"))
     with pytest.raises(SystemExit, match="--model DIR is required"):
         train_sft.main(train_sft.SFTConfig())
+
+
+def test_scaled_curriculum_keeps_each_stage_share():
+    plans = [StagePlan(Stage(1.0, 1e-3, 1), [], n) for n in (10, 35, 9, 2)]
+    # 20 x (10, 35, 9, 2) / 56 = 3.57, 12.5, 3.21, 0.71: floors 3, 12, 3, 0 and the 2 left go to the
+    # largest remainders (0.71, then 0.57)
+    assert [p.steps for p in scale_curriculum(plans, 20)] == [4, 12, 3, 1]
+    assert [p.steps for p in scale_curriculum(plans, 112)] == [20, 70, 18, 4]  # stretched: exactly x2
+    # 5 steps: 0.89, 3.12, 0.80, 0.18 -> 0, 3, 0, 0 + 2 -> 1, 3, 1, 0; the empty stage takes one from the largest
+    assert [p.steps for p in scale_curriculum(plans, 5)] == [1, 2, 1, 1]
+    with pytest.raises(ValueError, match="--steps 3 is fewer than the curriculum's 4 stages"):
+        scale_curriculum(plans, 3)
+
+
+def test_steps_scale_the_lr_schedule_of_every_stage(tmp_path, sft_setup, capsys):
+    """Stages of 13 and 10 steps squeezed into --steps 20: 20 x 13/23 = 11.3, 20 x 10/23 = 8.7 -> 11 + 9 steps,
+    each with its warmup (min(10, steps // 10): 1 and 0) and a cosine to 0.1 x its LR."""
+    torch.set_num_threads(1)
+    base, data = sft_setup
+    train_sft.main(sft_args(base, data, tmp_path / "s", "--stages", "0.5:3e-3:1,0.2:2e-3:2", "--score-column",
+                            "score", "--steps", "20", "--samples", "0", "--eval-every", "1000"))
+    printed = capsys.readouterr().out
+    assert "| 20 steps (the full curriculum, 23, scaled by --steps)" in printed
+    assert "1 epochs, 13 steps -> 11 by --steps" in printed and "2 epochs, 10 steps -> 9 by --steps" in printed
+    rows = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["lr"] for r in rows if "lr" in r}
+    assert sorted(lr) == list(range(1, 21)) and [r["stage"] for r in rows if "lr" in r] == [1] * 11 + [2] * 9
+    # Hand computed: 3e-3 x (0.1 + 0.45 (1 + cos(pi (k - 1) / 10))) for step k = 1..10 of stage 1 after its
+    # warmup step k = 0; 2e-3 x (0.1 + 0.45 (1 + cos(pi k / 9))) for k = 0..8 of stage 2.
+    expected = {1: 3e-3, 2: 3e-3, 7: 1.65e-3, 11: 3.660737e-4, 12: 2e-3, 15: 1.55e-3, 20: 2.542766e-4}
+    assert {k: lr[k] for k in expected} == pytest.approx(expected, rel=1e-6)
+    assert all(lr[k] >= lr[k + 1] for k in range(1, 11)) and all(lr[k] >= lr[k + 1] for k in range(12, 20))
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, sft_setup, monkeypatch):
