@@ -147,6 +147,10 @@ def main(cfg: PretrainConfig) -> Path:
 
     progress = Progress(cfg.steps, start, ddp.is_main)
     val_loss = val_bpb = float("nan")
+    if not start:  # a baseline for the first number
+        val_loss, val_bpb = evaluate(model, val_loader(), eval_batches, device, byte_lengths, precision)
+        log.write(step=0, val_loss=val_loss, val_bpb=val_bpb)
+        progress.note(f"step 0 (before training): val loss {val_loss:.4f}, {val_bpb:.4f} bits/byte")
     with stop_on_nonfinite(ckpt_dir):
         for step in range(start, cfg.steps):
             t0 = time.time()

@@ -138,6 +138,9 @@ def main(cfg: SFTConfig) -> Path:
     max_len = cfg.max_len or model.cfg.max_position_embeddings
 
     # Data and curriculum.
+    t_setup = time.time()
+    if ddp.is_main:
+        print(f"reading pairs from {data} ...", flush=True)
     train_pairs, val_pairs, source = read_train_val(data, cfg)
     if cfg.stages:
         stages, score_column = parse_stages(cfg.stages), cfg.score_column
@@ -151,12 +154,17 @@ def main(cfg: SFTConfig) -> Path:
                   "Score them, or name a numeric column with --score-column, to use the curriculum.")
     if any(s.top < 1 for s in stages):
         check_scores(train_pairs, score_column)
+    if ddp.is_main:
+        print(f"tokenizing {len(train_pairs):,} training and {min(len(val_pairs), cfg.eval_pairs):,} validation pairs "
+              f"({len(stages)} stage{'s' if len(stages) > 1 else ''}) ...", flush=True)
     subsets, truncated, skipped = stage_subsets(train_pairs, stages, score_column, tokenizer, max_len,
                                                 cfg.system_prompt, cfg.skip_too_long)
     val_examples, _, val_skipped = build_examples(tokenizer, val_pairs[:cfg.eval_pairs], max_len,
                                                   cfg.system_prompt, cfg.skip_too_long)
     full = plan_curriculum(stages, subsets, cfg.batch_size)
     plans = scale_curriculum(full, cfg.steps) if cfg.steps else full
+    if ddp.is_main:
+        print(f"read and tokenized in {time.time() - t_setup:.1f}s", flush=True)
     total = sum(p.steps for p in plans)
     steps = min(total, cfg.stop_after) if cfg.stop_after else total
     plan_summary = [dict(asdict(p.stage), pairs=len(p.examples), steps=p.steps) for p in plans]
@@ -211,6 +219,10 @@ def main(cfg: SFTConfig) -> Path:
     progress = Progress(steps, start, ddp.is_main)
     boundaries = [sum(p.steps for p in plans[:i]) for i in range(len(plans) + 1)]
     val_loss = float("nan")
+    if not start and steps:  # a baseline for the first number
+        val_loss = evaluate(model, val_examples, cfg.device_batch_size, pad_id, device, ddp, precision)
+        log.write(step=0, val_loss=val_loss)
+        progress.note(f"step 0 (before training): val loss {val_loss:.4f} per response token")
     with stop_on_nonfinite(ckpt_dir):
         for step in range(start, steps):
             t0 = time.time()
@@ -221,6 +233,7 @@ def main(cfg: SFTConfig) -> Path:
             set_lr(optimizer, lr)
             batch = stage_batch(plan.examples, si, in_stage, cfg.batch_size, cfg.seed)
             n_targets = sum(sum(e.mask[1:]) for e in batch)  # the whole step's, over every process
+            n_tokens = sum(len(e.ids) for e in batch)
             mine = batch[ddp.rank::ddp.world_size]
             micro = [mine[i:i + cfg.device_batch_size] for i in range(0, len(mine), cfg.device_batch_size)]
             loss_sum = torch.zeros((), device=device)
@@ -247,7 +260,8 @@ def main(cfg: SFTConfig) -> Path:
             if due(done, cfg.log_every, steps):
                 log.write(step=done, stage=si + 1, loss=loss_value, lr=lr, grad_norm=grad_norm,
                           response_tokens=n_targets, step_time=time.time() - t0, time=progress.elapsed)
-                progress.log(done, stage=si + 1, loss=loss_value, lr=lr)
+                progress.log(done, stage=si + 1, loss=loss_value, lr=lr,
+                             **{"tok/s": f"{n_tokens / (time.time() - t0):,.0f}"})
             if due(done, cfg.eval_every, steps) or done in boundaries:  # and at the end of each stage
                 val_loss = evaluate(model, val_examples, cfg.device_batch_size, pad_id, device, ddp, precision)
                 log.write(step=done, stage=si + 1, val_loss=val_loss)
