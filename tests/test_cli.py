@@ -138,3 +138,28 @@ def test_wrong_path_gives_one_line_and_status_2(command):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
     assert "/nonexistent" in done.stderr
+
+
+def test_scoring_prints_progress_with_eta_in_plain_logs(monkeypatch, capsys):
+    """Off a terminal, minimal-pair scoring prints a line every 20 s: count, rate and ETA (clock faked:
+    30 s per reading; 4 buckets of 2 sequences)."""
+    import types
+
+    import torch
+
+    from minitoddler.config import preset
+    from minitoddler.evals import minimal_pairs
+    from minitoddler.model import ToddlerLM
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    cfg.vocab_size = 64
+    clock = iter(range(0, 10_000, 30))
+    monkeypatch.setattr(minimal_pairs, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    prefixes, conts = [[1, 2, 3]] * 8, [[i + 4, 5] for i in range(8)]  # 8 distinct sequences of 5 tokens
+    minimal_pairs.score_continuations(ToddlerLM(cfg), prefixes, conts, max_tokens=10, desc="zorro")
+    lines = capsys.readouterr().err.strip().splitlines()
+    # bucket k: 2k done at 30k s = 1/15 seq/s, ETA (8 - 2k) x 15 s
+    assert lines == ["zorro: 2/8 sequences | 0.0667 seq/s | elapsed 30s | ETA 1m30s",
+                     "zorro: 4/8 sequences | 0.0667 seq/s | elapsed 1m00s | ETA 1m00s",
+                     "zorro: 6/8 sequences | 0.0667 seq/s | elapsed 1m30s | ETA 30s",
+                     "zorro: 8/8 sequences | 0.0667 seq/s | elapsed 2m00s | ETA 0s"]

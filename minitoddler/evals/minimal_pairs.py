@@ -16,6 +16,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from tqdm import tqdm
 
 from ..data.clean import normalize_benchmark_text
 from ..logprobs import sequence_logprobs
+from ..trainer import format_duration
 
 CONVENTIONS = ("bos", "minicons")
 ZORRO_ORDERS = ("bad-first", "good-first")
@@ -381,6 +384,8 @@ def score_continuations(model, prefixes: list[list[int]], continuations: list[li
     was_training = model.training
     model.eval()
     buckets = length_buckets([len(p) + len(c) for p, c in unique], max_tokens)
+    t_start = t_line = time.time()
+    done = 0
     with tqdm(total=len(unique), desc=desc, unit="seq", disable=None, leave=False) as bar:
         for bucket in buckets:
             pre = [list(unique[i][0]) for i in bucket]
@@ -390,6 +395,12 @@ def score_continuations(model, prefixes: list[list[int]], continuations: list[li
             else:
                 scores[bucket] = bow_corrected_logprobs(model, pre, cont, is_bow)
             bar.update(len(bucket))
+            done, now = done + len(bucket), time.time()
+            if bar.disable and now - t_line > 20:  # plain logs: a line every 20 s
+                t_line, rate = now, done / (now - t_start)
+                print(f"{desc}: {done:,}/{len(unique):,} sequences | {rate:.3g} seq/s | elapsed "
+                      f"{format_duration(now - t_start)} | ETA {format_duration((len(unique) - done) / rate)}",
+                      file=sys.stderr, flush=True)
     model.train(was_training)
     return scores[[index[k] for k in keys]]
 
