@@ -44,7 +44,7 @@ from .rewards.references import prompt_key
 from .rewards.teacher import TeacherReward
 from .rl.prefs import json_rows
 from .tokenizer import load_tokenizer
-from .trainer import pick_device
+from .trainer import format_duration, pick_device
 
 INSTRUCTION = ("You are a young child having a conversation with your mother. When your mother says something, "
                "you should answer as a typical and natural-sounding child. Do NOT repeat her words. Instead, "
@@ -224,7 +224,7 @@ def main(cfg: TeacherConfig) -> Path:
 
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt", dynamic_ncols=True,
                disable=not sys.stderr.isatty())
-    shortened = empty = n_answers = 0
+    shortened = empty = n_answers = n_new = 0
     t0 = time.time()
     with out.open("a", encoding="utf-8") as f:
         for b in range(0, len(prompts), cfg.batch_prompts):
@@ -245,9 +245,14 @@ def main(cfg: TeacherConfig) -> Path:
             f.write("".join(r + "\n" for r in rows))
             f.flush()
             os.fsync(f.fileno())
-            bar.update(len(batch) - sum(prompt_key(p) in done for p in batch))
+            new = len(batch) - sum(prompt_key(p) in done for p in batch)
+            bar.update(new)
+            n_new += new
             if not sys.stderr.isatty():
-                print(f"{min(b + cfg.batch_prompts, len(prompts))}/{len(prompts)} prompts", file=sys.stderr)
+                rate = n_new / max(time.time() - t0, 1e-9)
+                print(f"{min(b + cfg.batch_prompts, len(prompts))}/{len(prompts)} prompts | {rate:.3g} prompts/s | "
+                      f"elapsed {format_duration(time.time() - t0)} | ETA {format_duration((len(todo) - n_new) / rate)}",
+                      file=sys.stderr, flush=True)
     bar.close()
     seconds = time.time() - t0
     notes = []
