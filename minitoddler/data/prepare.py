@@ -224,6 +224,9 @@ def _process_all(files: list[Path], names: list[str], cfg: PrepareConfig):
     workers = cfg.workers or os.cpu_count() or 1
     bar = dict(total=len(files), unit="file", desc="reading", disable=not sys.stderr.isatty())
     cfgs = [cfg] * len(files)
+    if bar["disable"]:  # plain logs: say what the silent minute is
+        print(f"reading {len(files):,} transcripts ({1 if len(files) < 16 else workers} process(es)) ...",
+              file=sys.stderr, flush=True)
     if workers == 1 or len(files) < 16:
         yield from tqdm(map(process_file, files, names, cfgs), **bar)
         return
