@@ -33,7 +33,7 @@ import train_rl
 import train_sft
 from minitoddler.chatml import child_replies
 from minitoddler.checkpoint import atomic_write, load_model, save_model
-from minitoddler.cli import parse_config
+from minitoddler.cli import parse_config, run
 from minitoddler.config import preset
 from minitoddler.data.prepare import SAMPLE_DIR, SPLITS, PrepareConfig, prepare
 from minitoddler.data.shards import build_shards
@@ -280,4 +280,4 @@ def main(cfg: DemoConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(DemoConfig, __doc__))
+    run(main, parse_config(DemoConfig, __doc__))

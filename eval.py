@@ -28,6 +28,7 @@ import torch
 
 from minitoddler.checkpoint import model_from_arg
 from minitoddler.cli import parse_config, run
+from minitoddler.config import PRESETS
 from minitoddler.evals.generation import DEFAULT_PROMPTS, FORMATS, evaluate_generation, load_prompts
 from minitoddler.evals.lexical import read_lexical_csv
 from minitoddler.evals.minimal_pairs import (CONVENTIONS, ZORRO_ORDERS, evaluate_pairs, first_per_paradigm,
@@ -120,6 +121,8 @@ def main(argv=None) -> None:
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     tokenizer_dir = cfg.tokenizer or (cfg.model if Path(cfg.model).is_dir() else "")
+    if not Path(cfg.model).is_dir() and cfg.model not in PRESETS:
+        raise SystemExit(f"--model {cfg.model}: no such model directory (nor a preset: {', '.join(sorted(PRESETS))})")
     if not tokenizer_dir:
         raise SystemExit(f"--model {cfg.model} is a preset (random weights): pass --tokenizer DIR")
     precision = resolve_dtype(cfg.dtype, device)

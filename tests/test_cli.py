@@ -129,6 +129,7 @@ def test_debug_shows_the_traceback(monkeypatch):
 @pytest.mark.parametrize("command", [
     ["eval.py", "--model", "tiny", "--tokenizer", "/nonexistent/tok", "--data", "/nonexistent"],
     ["train_sft.py", "--model", "/nonexistent/model"],
+    ["eval.py", "--model", "/nonexistent/model"],
     ["-m", "minitoddler.data.shards", "--corpus", "/nonexistent/corpus", "--out", "/tmp/never"],
 ])
 def test_wrong_path_gives_one_line_and_status_2(command):
