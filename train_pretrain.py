@@ -170,7 +170,8 @@ def main(cfg: PretrainConfig) -> Path:
             if dist.is_initialized():
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
             loss_value = check_finite(loss_sum, step)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                       cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             dt = time.time() - t0

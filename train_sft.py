@@ -15,6 +15,7 @@ LoRA with --lora-rank N (the merged model and the adapter alone are both exporte
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -251,8 +252,8 @@ def main(cfg: SFTConfig) -> Path:
             if dist.is_initialized():
                 dist.all_reduce(loss_sum)
             loss_value = check_finite(loss_sum / n_targets, step)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.grad_clip).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                       cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1

@@ -245,11 +245,11 @@ def test_scaled_curriculum_keeps_each_stage_share():
 
 def test_steps_scale_the_lr_schedule_of_every_stage(tmp_path, sft_setup, capsys):
     """Stages of 13 and 10 steps squeezed into --steps 20: 20 x 13/23 = 11.3, 20 x 10/23 = 8.7 -> 11 + 9 steps,
-    each with its warmup (min(10, steps // 10): 1 and 0) and a cosine to 0.1 x its LR."""
+    each with its warmup (min(10, steps // 10): 1 and 0) and a cosine to 0.1 x its LR; --grad-clip 0 = no clipping."""
     torch.set_num_threads(1)
     base, data = sft_setup
     train_sft.main(sft_args(base, data, tmp_path / "s", "--stages", "0.5:3e-3:1,0.2:2e-3:2", "--score-column",
-                            "score", "--steps", "20", "--samples", "0", "--eval-every", "1000"))
+                            "score", "--steps", "20", "--samples", "0", "--eval-every", "1000", "--grad-clip", "0"))
     printed = capsys.readouterr().out
     assert "| 20 steps (the full curriculum, 23, scaled by --steps)" in printed
     assert "1 epochs, 13 steps -> 11 by --steps" in printed and "2 epochs, 10 steps -> 9 by --steps" in printed
@@ -261,6 +261,9 @@ def test_steps_scale_the_lr_schedule_of_every_stage(tmp_path, sft_setup, capsys)
     expected = {1: 3e-3, 2: 3e-3, 7: 1.65e-3, 11: 3.660737e-4, 12: 2e-3, 15: 1.55e-3, 20: 2.542766e-4}
     assert {k: lr[k] for k in expected} == pytest.approx(expected, rel=1e-6)
     assert all(lr[k] >= lr[k + 1] for k in range(1, 11)) and all(lr[k] >= lr[k + 1] for k in range(12, 20))
+    # --grad-clip 0 means no clipping (not a zero gradient): the weights moved
+    before, after = load_file(str(base / "model.safetensors")), load_file(str(tmp_path / "s/final/model.safetensors"))
+    assert not torch.equal(before["model.norm.weight"], after["model.norm.weight"])
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, sft_setup, monkeypatch):
