@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import atomic_write
 from ..data.prepare import SAMPLE_DIR
-from ..trainer import MetricsLog, autocast, check_finite, make_optimizer, pick_device
+from ..trainer import MetricsLog, autocast, check_finite, make_optimizer, pick_device, progress_line
 from .bert import Bert, BertConfig, load_bert, save_bert, train_wordpiece
 from .childlike import ADULT_RATIO, PROBES, childes_examples
 from .coherence import RANGE_FILE, read_pairs
@@ -187,8 +187,8 @@ def train(args) -> dict:
             step += 1
             if step % args.log_every == 0:
                 recent = running[-args.log_every:]
-                print(f"step {step}/{total} loss {sum(recent) / len(recent):.4f} "
-                      f"lr {lr:.2e} ({time.time() - t0:.0f}s)", flush=True)
+                print(progress_line(step, total, time.time() - t0, (time.time() - t0) / step,
+                                    loss=sum(recent) / len(recent), lr=lr), flush=True)
         val = evaluate(model, va, vb, vy, args.batch_size, vc)
         row = {"epoch": epoch, "step": step, "train_loss": sum(running) / len(running),
                **{f"val_{k}": v for k, v in val.items()}, "seconds": round(time.time() - t0, 1)}
