@@ -32,7 +32,8 @@ from minitoddler.trainer import (MetricsLog, Precision, Progress, StopFlag, chec
 class PretrainConfig:
     model: str = "toddler-155m"   # preset name (fresh weights) or a model directory to continue from
     data: str = ""                # shard directory (python -m minitoddler.data.shards); "" = bundled corpus
-    kind: str = "cds"             # bundled corpus flavour when --data is empty: cds | triplets
+    kind: str = "cds"             # bundled corpus when --data is "": cds (child-directed speech: caregiver lines) |
+                                  # triplets (three consecutive turns as "*SPK: text" lines)
     out: str = "runs/pretrain"
     steps: int = 25000
     batch_tokens: int = 36864     # tokens per optimizer step, summed over processes and accumulation
