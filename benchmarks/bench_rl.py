@@ -1,24 +1,27 @@
 """GRPO step time and rollout speed next to TRL's GRPOTrainer (same model, prompts, reward and settings,
 in one run).
 
-    python benchmarks/bench_rl.py --model tiny --steps 6 --rounds 3 --out runs/bench_rl_tiny.json
+    python benchmarks/bench_rl.py --model tiny --steps 5 --rounds 3 --out runs/bench_rl_tiny.json
     nice -n 10 python benchmarks/bench_rl.py --model toddler-155m --steps 3 --rounds 2 --out runs/bench_rl_155m.json
 
-Both trainers get the same random-weight model directory (a preset, or --model DIR) with a BPE trained
-on the bundled corpus's pairs, the same caregiver prompts (the ones our run draws, in ChatML with the
-default system prompt), the same reward (RM-3 length, fitted on the bundled transcripts; wrapped as a
-TRL reward function) and the same settings: --prompts prompts x --generations completions x
---max-new-tokens tokens per step, temperature 1, full fine-tuning (LoRA off on both sides: TRL's LoRA
-needs peft), beta 0.04 (both compute a reference model's log-probs), one update per generation batch,
-per-sequence loss normalisation, lr 1e-5, --threads threads; TRL with gradient checkpointing and bf16
-off. Ours runs with --dtype fp32 (the comparison) and --dtype auto (an extra column: bf16 autocast and
-bf16 rollouts where the CPU has avx512_bf16/amx_bf16).
+Both trainers get the same random-weight model directory (a preset, or --model DIR of a chat model)
+with a BPE trained on the bundled corpus's pairs, the same caregiver prompts (the ones our run draws,
+in ChatML with the default system prompt), the same reward (RM-3 length, fitted on the bundled
+transcripts; wrapped as a TRL reward function) and the same settings: --prompts prompts x
+--generations completions x --max-new-tokens tokens per step, temperature 1, full fine-tuning (LoRA
+off on both sides: TRL's LoRA needs peft), beta 0.04 (both compute a reference model's log-probs), one
+update per generation batch, per-sequence loss normalisation, lr 1e-5, --threads threads; TRL with
+gradient checkpointing and bf16 off. Ours runs with --dtype fp32 (the comparison) and --dtype auto (an
+extra column: bf16 autocast and bf16 rollouts where the CPU has avx512_bf16/amx_bf16).
 
 Per step: seconds, the part spent sampling, in old/reference log-probs + reward, and in the update
-(the rest), and rollout tokens/s (completion tokens / sampling seconds). Step times are medians after
-the first (warm-up) step of each run; the runs are interleaved (--rounds) and each speed-up is the
-median of the per-round ratios, since timings drift on a shared machine. The CPU model, its bf16/AVX
-flags and the load average before and after are recorded. No goal is asserted: this prints numbers.
+(the rest), rollout tokens/s (completion tokens / sampling seconds) and the process's CPU seconds.
+Step times are medians after the first (warm-up) step of each run (--steps 1: that step alone); the
+runs are interleaved (--rounds) and each speed-up is the median of the per-round ratios, since timings
+drift on a shared machine. The CPU model, its bf16/AVX flags and the load average before and after are
+recorded. On a machine loaded beyond its cores, two threads spend most of their time waiting for each
+other at every operation (seen here: 10x slower than one thread on the tiny model); `--threads 1`
+then measures the work more faithfully. No goal is asserted: this prints numbers.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from minitoddler.rewards.combine import CombinedReward  # noqa: E402
 from minitoddler.rewards.length import LengthModel, child_utterances, word_count  # noqa: E402
 from minitoddler.rl.prompts import bundled_pairs, load_prompts, prompt_batch, prompt_file  # noqa: E402
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, train_tokenizer  # noqa: E402
+from minitoddler.trainer import MetricsLog  # noqa: E402
 
 SIDES = ("ours_fp32", "ours_auto", "trl")
 
@@ -57,16 +61,16 @@ def cpu_info() -> dict:
 
 
 @contextmanager
-def timing(obj, name: str, times: list):
-    """Record the seconds of every call of `obj.name` into `times` while inside the block."""
+def timing(obj, name: str, times: list, clock=time.perf_counter):
+    """Record (start, end) on `clock` of every call of `obj.name` into `times` while inside the block."""
     fn, own = getattr(obj, name), name in vars(obj)
 
     def timed(*a, **kw):
-        t = time.perf_counter()
+        t = clock()
         try:
             return fn(*a, **kw)
         finally:
-            times.append(time.perf_counter() - t)
+            times.append((t, clock()))
 
     setattr(obj, name, timed)
     try:
@@ -96,13 +100,18 @@ def setup(work: Path, model: str, n_prompts: int, steps: int, seed: int) -> dict
     return {"model": model_dir, "pairs": pairs, "length_fit": fit, "prompts": used}
 
 
-def summarise(step_s, gen_s, score_s, tokens) -> dict:
-    """Medians over the steps after the first (warm-up) one."""
+def seconds(calls) -> list[float]:
+    return [end - start for start, end in calls]
+
+
+def summarise(step_s, gen_s, score_s, tokens, cpu_s) -> dict:
+    """Medians over the steps after the first (warm-up) one. cpu_s: the process's CPU seconds per step
+    (all threads), which the load on a shared machine inflates far less than wall time at one thread."""
     def med(xs):
         return statistics.median(xs[1:] if len(xs) > 1 else xs)
     step, gen, score = med(step_s), med(gen_s), med(score_s)
     return {"step_s": step, "sampling_s": gen, "logprobs_reward_s": score, "update_s": step - gen - score,
-            "rollout_tokens_per_s": med([n / g for n, g in zip(tokens, gen_s)]),
+            "rollout_tokens_per_s": med([n / g for n, g in zip(tokens, gen_s)]), "cpu_s": med(cpu_s),
             "completion_tokens": med(tokens), "step_times": step_s}
 
 
@@ -113,14 +122,16 @@ def ours(env: dict, work: Path, args, dtype: str) -> dict:
                             max_new_tokens=args.max_new_tokens, lr=1e-5, lora_rank=0, beta=0.04,
                             device_batch_size=args.prompts * args.generations, eval_prompts=0, save_every=0,
                             sample_every=0, dtype=dtype, device="cpu", seed=args.seed)
-    score_t, reward_t = [], []
-    with timing(train_rl, "score_rollout", score_t), timing(CombinedReward, "components", reward_t):
-        train_rl.main(cfg, "length", {"length_fit": str(env["length_fit"])})
+    score_t, reward_t, starts, ends = [], [], [], []
+    with timing(train_rl, "score_rollout", score_t), timing(CombinedReward, "components", reward_t), \
+            timing(train_rl, "lr_for", starts, time.process_time), timing(MetricsLog, "write", ends, time.process_time):
+        train_rl.main(cfg, "length", {"length_fit": str(env["length_fit"])})  # lr_for opens a step, write ends it
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "step_time" in r]
     tokens = [r["completion_len"] * args.prompts * args.generations for r in rows]
     return summarise([r["step_time"] for r in rows], [r["generation_time"] for r in rows],
-                     [s + r for s, r in zip(score_t, reward_t)], tokens)
+                     [s + r for s, r in zip(seconds(score_t), seconds(reward_t))], tokens,
+                     [e[0] - s[0] for s, e in zip(starts, ends)])
 
 
 def trl(env: dict, work: Path, args) -> dict:
@@ -132,13 +143,14 @@ def trl(env: dict, work: Path, args) -> dict:
 
     class StepTimer(TrainerCallback):
         def __init__(self):
-            self.times, self.t = [], 0.0
+            self.times, self.cpu, self.t, self.c = [], [], 0.0, 0.0
 
         def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
+            self.t, self.c = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self.t)
+            self.cpu.append(time.process_time() - self.c)
 
     length = LengthReward(LengthModel.load(env["length_fit"]))
 
@@ -167,8 +179,9 @@ def trl(env: dict, work: Path, args) -> dict:
         trainer.train()
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     # _generate_and_score_completions = sampling (_generate) + old/reference log-probs + reward.
-    return summarise(timer.times, gen_t, [s - g for s, g in zip(score_t, gen_t)],
-                     [n * completions for n in lengths])
+    gen_t = seconds(gen_t)
+    return summarise(timer.times, gen_t, [s - g for s, g in zip(seconds(score_t), gen_t)],
+                     [n * completions for n in lengths], timer.cpu)
 
 
 def main(argv=None):
@@ -201,18 +214,20 @@ def main(argv=None):
                 m = row[side]
                 print(f"round {r + 1}: {side:9s} {m['step_s']:.3f} s/step (sampling {m['sampling_s']:.3f}, "
                       f"log-probs+reward {m['logprobs_reward_s']:.3f}, update {m['update_s']:.3f}) | "
-                      f"rollout {m['rollout_tokens_per_s']:.0f} tokens/s | load {os.getloadavg()[0]:.1f}", flush=True)
+                      f"rollout {m['rollout_tokens_per_s']:.0f} tokens/s | {m['cpu_s']:.3f} CPU s/step | "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
             result["rounds"].append(row)
     result["after"] = cpu_info()
-    summary = {side: {k: statistics.median(row[side][k] for row in result["rounds"])
-                      for k in ("step_s", "sampling_s", "logprobs_reward_s", "update_s", "rollout_tokens_per_s")}
-               for side in sides}
+    keys = ("step_s", "sampling_s", "logprobs_reward_s", "update_s", "rollout_tokens_per_s", "cpu_s")
+    summary = {side: {k: statistics.median(row[side][k] for row in result["rounds"]) for k in keys} for side in sides}
     if "trl" in sides:
         for side in set(sides) - {"trl"}:  # step rate and rollout speed relative to TRL, medians of per-round ratios
             summary[side]["step_rate_vs_trl"] = statistics.median(
                 row["trl"]["step_s"] / row[side]["step_s"] for row in result["rounds"])
             summary[side]["rollout_speed_vs_trl"] = statistics.median(
                 row[side]["rollout_tokens_per_s"] / row["trl"]["rollout_tokens_per_s"] for row in result["rounds"])
+            summary[side]["cpu_ratio_vs_trl"] = statistics.median(
+                row["trl"]["cpu_s"] / row[side]["cpu_s"] for row in result["rounds"])
     result["summary"] = summary
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
