@@ -24,8 +24,8 @@ from minitoddler.cli import parse_config, run
 from minitoddler.data.shards import TokenLoader, default_shards, read_meta, shard_tokenizer_dir
 from minitoddler.trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, device_peak_flops,
                                  due, grad_accum_steps, lr_at, make_optimizer, resolve_dtype,
-                                 resume_checkpoint, save_checkpoint, set_lr, start_run, stop_on_nonfinite,
-                                 unwrap, wrap_for_training)
+                                 resume_checkpoint, save_checkpoint, save_or_stop, set_lr, start_run,
+                                 stop_on_nonfinite, unwrap, wrap_for_training)
 
 
 @dataclass
@@ -188,13 +188,7 @@ def main(cfg: PretrainConfig) -> Path:
                 val_loss, val_bpb = evaluate(model, val_loader(), eval_batches, device, byte_lengths, precision)
                 log.write(step=done, val_loss=val_loss, val_bpb=val_bpb)
                 progress.note(f"step {done}: val loss {val_loss:.4f}, {val_bpb:.4f} bits/byte")
-            stopping = stop.requested  # read once: a signal between two reads must not skip the save
-            if due(done, cfg.save_every, cfg.steps) or stopping:
-                save(done)
-            if stopping:
-                progress.close()
-                if ddp.is_main:
-                    print(f"stopped at step {done}; resume with --resume --out {out}")
+            if save_or_stop(done, cfg.steps, cfg.save_every, stop, save, progress, ddp.is_main, out):
                 return ckpt_dir
     progress.close()
     final = out / "final"

@@ -39,9 +39,9 @@ from minitoddler.rl.prompts import bundled_pairs, load_prompts, prompt_batch, pr
 from minitoddler.rl.rollout import (Rollout, SamplingConfig, copy_policy_weights, logprobs_from_hidden, masked_mean,
                                     sample_rollout)
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
-from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, due, make_optimizer, resolve_dtype,
-                                 resume_checkpoint, save_checkpoint, set_lr, start_run, stop_on_nonfinite, unwrap,
-                                 wrap_for_training)
+from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, due, make_optimizer,
+                                 resolve_dtype, resume_checkpoint, save_checkpoint, save_or_stop, set_lr,
+                                 start_run, stop_on_nonfinite, unwrap, wrap_for_training)
 
 ALGOS = ("grpo", "ppo", "dpo")
 # Per-algorithm defaults for the flags left at 0: GRPO from the Toddler-LLM-GRPO card / TRL's GRPOTrainer,
@@ -362,16 +362,9 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
                              sampling_s=t_gen)
             if cfg.sample_every > 0 and done % cfg.sample_every == 0 and ddp.is_main:
                 show(rollout, scores, cfg.generations)
-            stopping = stop.requested  # read once: a signal between two reads must not skip the save
-            if (cfg.save_every > 0 and done % cfg.save_every == 0) or stopping:
-                save(done)
-            if stopping:
-                progress.close()
-                if ddp.is_main:
-                    print(f"stopped at step {done}; resume with --resume --out {out}")
+            if save_or_stop(done, cfg.steps, cfg.save_every, stop, save, progress, ddp.is_main, out):
                 return ckpt_dir
     progress.close()
-    save(cfg.steps)
     final = out / "final"
     if ddp.is_main:
         if held_out:

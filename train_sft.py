@@ -33,8 +33,8 @@ from minitoddler.sft import (DEFAULT_STAGES, FLAT_STAGES, build_examples, check_
                              stage_subsets)
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 from minitoddler.trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, due, lr_at,
-                                 make_optimizer, resolve_dtype, resume_checkpoint, save_checkpoint, set_lr,
-                                 start_run, stop_on_nonfinite, wrap_for_training)
+                                 make_optimizer, resolve_dtype, resume_checkpoint, save_checkpoint,
+                                 save_or_stop, set_lr, start_run, stop_on_nonfinite, wrap_for_training)
 
 
 @dataclass
@@ -267,13 +267,7 @@ def main(cfg: SFTConfig) -> Path:
                 val_loss = evaluate(model, val_examples, cfg.device_batch_size, pad_id, device, ddp, precision)
                 log.write(step=done, stage=si + 1, val_loss=val_loss)
                 progress.note(f"step {done} (stage {si + 1}): val loss {val_loss:.4f} per response token")
-            stopping = stop.requested  # read once: a signal between two reads must not skip the save
-            if due(done, cfg.save_every, steps) or stopping:
-                save(done)
-            if stopping:
-                progress.close()
-                if ddp.is_main:
-                    print(f"stopped at step {done}; resume with --resume --out {out}")
+            if save_or_stop(done, steps, cfg.save_every, stop, save, progress, ddp.is_main, out):
                 return ckpt_dir
     progress.close()
     final = out / "final"

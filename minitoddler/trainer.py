@@ -412,6 +412,20 @@ def due(done: int, every: int, total: int) -> bool:
     return done == total or (every > 0 and done % every == 0)
 
 
+def save_or_stop(done: int, total: int, every: int, stop: "StopFlag", save, progress: "Progress",
+                 is_main: bool, out: Path) -> bool:
+    """After each step: checkpoint when `due` or when Ctrl-C/SIGTERM asked; True when the loop must end
+    here (the progress display is closed and the resume command printed)."""
+    stopping = stop.requested  # read once: a signal between two reads must not skip the save
+    if due(done, every, total) or stopping:
+        save(done)
+    if stopping:
+        progress.close()
+        if is_main:
+            print(f"stopped at step {done}; resume with --resume --out {out}")
+    return stopping
+
+
 def format_duration(seconds: float) -> str:
     """12s, 2m31s, 1h05m."""
     s = int(round(seconds))

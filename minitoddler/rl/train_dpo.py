@@ -39,8 +39,8 @@ from ..lora import LoraConfig, apply_lora, merge_lora, parse_targets, save_adapt
 from ..sft import stage_batch
 from ..tokenizer import DEFAULT_SYSTEM_PROMPT, IM_START, load_tokenizer
 from ..trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, due, lr_at, make_optimizer,
-                       resolve_dtype, resume_checkpoint, save_checkpoint, set_lr, start_run, stop_on_nonfinite,
-                       wrap_for_training)
+                       resolve_dtype, resume_checkpoint, save_checkpoint, save_or_stop, set_lr, start_run,
+                       stop_on_nonfinite, wrap_for_training)
 from .dpo import LOSSES, dpo_loss, pair_logprobs
 from .prefs import Pref, load_prefs
 from .rollout import FORMATS, render_exchange
@@ -335,13 +335,7 @@ def main(cfg: DPOConfig) -> Path:
                 progress.note(f"step {done}: held-out loss {metrics['val/loss']:.4f} margin "
                               f"{metrics['val/margin']:.4f} accuracy {metrics['val/accuracy']:.3f} "
                               f"log-prob accuracy {metrics['val/logp_accuracy']:.3f}")
-            stopping = stop.requested  # read once: a signal between two reads must not skip the save
-            if due(done, cfg.save_every, steps) or stopping:
-                save(done)
-            if stopping:
-                progress.close()
-                if ddp.is_main:
-                    print(f"stopped at step {done}; resume with --resume --out {out}")
+            if save_or_stop(done, steps, cfg.save_every, stop, save, progress, ddp.is_main, out):
                 return ckpt_dir
     progress.close()
     final = out / "final"
