@@ -127,36 +127,40 @@ def lr_for(cfg: RLConfig, step: int) -> float:
     return cfg.lr * (1 - (step - warmup) / max(1, cfg.steps - warmup))
 
 
-def forward_passes(model, head, ids, rows, chunk_size):
-    """Log-probs, entropies (B', T-1) and, with a value head, values of `ids[rows]` in one forward pass."""
+def forward_passes(model, head, ids, rows, chunk_size, start=0, entropy=True):
+    """Log-probs, entropies (B', T-1-start) and, with a value head, values of `ids[rows]` in one forward pass."""
     plain = unwrap(model)
     hidden = model(ids[rows], hidden_only=True)
-    lp, ent = logprobs_from_hidden(plain.lm_head, hidden, ids[rows], chunk_size)
-    values = head(hidden[:, :-1]) if head is not None else None
+    lp, ent = logprobs_from_hidden(plain.lm_head, hidden, ids[rows], chunk_size, start, entropy)
+    values = head(hidden[:, start:-1]) if head is not None else None
     return lp, ent, values
 
 
 @torch.no_grad()
-def score_rollout(policy, head, reference, ids, cfg, precision):
-    """Old (sampling-policy) log-probs, entropies, values and reference log-probs of a rollout, in batches."""
+def score_rollout(policy, head, reference, ids, cfg, precision, start=0, old=True):
+    """Old (sampling-policy) log-probs, entropies, values and reference log-probs of a rollout, in batches.
+    old=False (GRPO with mu = 1: the old log-probs are the update's own, detached) returns only the reference's."""
     was = policy.training
     policy.eval()
     if head is not None:
         head.eval()
-    old, ent, val, ref = [], [], [], []
+    lps, ent, val, ref = [], [], [], []
     for s in range(0, ids.shape[0], cfg.device_batch_size):
         rows = slice(s, s + cfg.device_batch_size)
         with precision.autocast():
-            lp, e, v = forward_passes(policy, head, ids, rows, cfg.chunk_size)
-            old.append(lp)
-            ent.append(e)
-            val.append(v)
+            if old:
+                lp, e, v = forward_passes(policy, head, ids, rows, cfg.chunk_size, start)
+                lps.append(lp)
+                ent.append(e)
+                val.append(v)
             with (lora_disabled(policy) if reference is None else contextlib.nullcontext()):
-                ref.append(forward_passes(reference or policy, None, ids, rows, cfg.chunk_size)[0])
+                ref.append(forward_passes(reference or policy, None, ids, rows, cfg.chunk_size, start, False)[0])
     policy.train(was)
     if head is not None:
         head.train(was)
-    return torch.cat(old), torch.cat(ent), (torch.cat(val) if head is not None else None), torch.cat(ref)
+    if not old:
+        return None, None, None, torch.cat(ref)
+    return torch.cat(lps), torch.cat(ent), (torch.cat(val) if head is not None else None), torch.cat(ref)
 
 
 def evaluate_prompts(policy, tokenizer, reward, prompts, sampling, seed) -> tuple[dict, Rollout]:
@@ -293,23 +297,28 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
             comps = reward.components(rollout.prompts, rollout.replies)
             scores = reward.total(comps)
             ids, mask = rollout.tensors(pad_id)
-            ids, mask = ids.to(device), mask.to(device)
-            old_lp, entropy, old_values, ref_lp = score_rollout(policy, head, reference, ids, cfg, precision)
+            start = min(map(len, rollout.prompt_ids)) - 1  # positions before it hold no completion token
+            ids, mask = ids.to(device), mask[:, start:].to(device)
+            reuse_old = cfg.algo == "grpo" and cfg.mu == 1
+            old_lp, entropy, old_values, ref_lp = score_rollout(policy, head, reference, ids, cfg, precision, start,
+                                                                old=not reuse_old)
             stats = {}
             if cfg.algo == "grpo":
                 advantages, stats["zero_std_frac"] = group_advantages(scores, cfg.generations, cfg.advantage_scale)
                 advantages = advantages.to(device)
                 n_tokens = mask.sum()
                 for _ in range(cfg.mu):
-                    loss_total, parts = 0.0, []
+                    loss_total, parts, ents = 0.0, [], []
                     micro = list(range(0, ids.shape[0], cfg.device_batch_size))
                     for j, s in enumerate(micro):
                         r = slice(s, s + cfg.device_batch_size)
                         sync = j == len(micro) - 1 or ddp.world_size == 1
                         with contextlib.nullcontext() if sync else train_model.no_sync():
                             with precision.autocast():
-                                lp = forward_passes(train_model, None, ids, r, cfg.chunk_size)[0]
-                            loss, st = grpo_loss(lp, old_lp[r], ref_lp[r], advantages[r], mask[r], cfg.clip_eps,
+                                lp, ent, _ = forward_passes(train_model, None, ids, r, cfg.chunk_size, start)
+                            ents.append(ent)
+                            old = lp.detach() if reuse_old else old_lp[r]
+                            loss, st = grpo_loss(lp, old, ref_lp[r], advantages[r], mask[r], cfg.clip_eps,
                                                  cfg.beta, cfg.loss_norm, cfg.max_new_tokens)
                             weight = mask[r].sum() / n_tokens if cfg.loss_norm == "token" else lp.shape[0] / ids.shape[0]
                             (loss * weight).backward()
@@ -320,6 +329,8 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
                 w = sum(n for n, _ in parts)
                 stats.update({k: sum(n * st[k] for n, st in parts) / w for k in ("kl", "clip_frac")})
                 stats["loss"] = loss_total
+                if reuse_old:
+                    entropy = torch.cat(ents)
             else:
                 token_r, penalty = token_rewards(scores.to(device), old_lp, ref_lp, mask.float(), kl_ctl.value,
                                                  cfg.kl_penalty)
@@ -334,7 +345,7 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
                     for s in range(0, ids.shape[0], cfg.mini_batch_size):
                         r = order[s:s + cfg.mini_batch_size].to(device)
                         with precision.autocast():
-                            lp, _, values = forward_passes(train_model, head, ids, r, cfg.chunk_size)
+                            lp, _, values = forward_passes(train_model, head, ids, r, cfg.chunk_size, start, False)
                         loss, st = ppo_loss(lp, old_lp[r], values, old_values[r], advantages[r], returns[r],
                                             mask[r], cfg.clip_eps, cfg.clip_value, cfg.vf_coef, cfg.ratio_threshold)
                         check_finite(loss.detach(), step)

@@ -26,6 +26,15 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
+def sample(probs: torch.Tensor, generator=None) -> torch.Tensor:
+    """One token per row of (B, V) probabilities by inverting the CDF with one uniform number per row:
+    on CPU ~20x faster than torch.multinomial (which spends ~5 ms on 32 x 8192). Tokens of probability
+    0 are never drawn (searchsorted right: the first index whose cumulative sum exceeds u)."""
+    cdf = probs.float().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(1)
+
+
 @torch.no_grad()
 def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, stop_ids=(), seed: int | None = None,
@@ -65,8 +74,7 @@ def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, te
     n = 0
     for n in range(1, max_new_tokens + 1):
         if temperature > 0:
-            probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            token = sample(filter_logits(logits / temperature, top_k, top_p).softmax(-1), generator)
         else:
             token = logits.argmax(-1)
         token = torch.where(done, pad_id, token)

@@ -79,7 +79,7 @@ def test_pair_reward_sees_caregiver_line_and_reply(tmp_path):
     got = [r["coherence"] for r in read_rows(out)]
     assert got == pytest.approx(want.tolist(), abs=1e-6) and [r["total"] for r in read_rows(out)] == got
     swapped = rm2.score([r for _, r, *_ in PAIRS], [p for p, *_ in PAIRS])
-    assert want.std() > 0.01 and (swapped - want).abs().max() > 0.01  # the pair's order matters to a cross-encoder
+    assert want.std() > 1e-3 and (swapped - want).abs().max() > 1e-3  # the pair's order matters to a cross-encoder
 
 
 def counting_length(monkeypatch, length_fit):

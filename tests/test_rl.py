@@ -220,3 +220,18 @@ def test_lora_off_reference_equals_base_model():
         with lora_disabled(policy):
             assert torch.allclose(completion_logprobs(policy, ids), want, atol=1e-6)
         assert not torch.allclose(completion_logprobs(policy, ids), want, atol=1e-3)  # switched back on
+
+
+def test_logprobs_from_a_start_position_equal_the_sliced_full_ones():
+    from minitoddler.rl.rollout import logprobs_from_hidden
+    model = tiny_model()
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 15))
+    with torch.no_grad():
+        hidden = model(ids, hidden_only=True)
+        full, ent = logprobs_from_hidden(model.lm_head, hidden, ids, chunk_size=4)
+        part, ent_part = logprobs_from_hidden(model.lm_head, hidden, ids, chunk_size=4, start=6)
+        none = logprobs_from_hidden(model.lm_head, hidden, ids, chunk_size=4, start=6, entropy=False)[1]
+    assert torch.allclose(part, full[:, 6:], atol=1e-6) and torch.allclose(ent_part, ent[:, 6:], atol=1e-5)
+    assert none is None
+    probs = model(ids)[:, :-1].softmax(-1)
+    assert torch.allclose(ent, -(probs * probs.log()).sum(-1), atol=1e-4)  # entropy by its definition

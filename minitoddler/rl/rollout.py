@@ -68,31 +68,37 @@ def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def _chunk_logprobs(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor):
+def _chunk_logprobs(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor, entropy: bool):
     logits = F.linear(hidden, weight).float()
     lse = logits.logsumexp(-1)
     logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - lse
-    entropy = lse - (logits.softmax(-1) * logits).sum(-1)
-    return logprobs, entropy
+    if not entropy:
+        return logprobs, None
+    with torch.no_grad():  # a metric only; the recompute in backward stops before it (checkpoint early stop)
+        ent = lse - (torch.exp(logits - lse[..., None]) * logits).sum(-1)
+    return logprobs, ent
 
 
 def logprobs_from_hidden(lm_head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor,
-                         chunk_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log p(ids[:, t+1] | ids[:, :t+1]) and the entropy of that next-token distribution, both
-    (B, T-1) float32, from final hidden states (B, T, H). The logits exist for `chunk_size` positions at
+                         chunk_size: int = 64, start: int = 0, entropy: bool = True
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log p(ids[:, t+1] | ids[:, :t+1]) for t >= start and (if `entropy`) the entropy of
+    that next-token distribution (detached), both (B, T-1-start) float32, from final hidden states
+    (B, T, H). `start` skips positions that hold no completion token (the shortest prompt's length - 1):
+    their logits would cost as much and be masked out. The logits exist for `chunk_size` positions at
     a time; under autograd each chunk is recomputed in the backward pass instead of kept (activation
     checkpointing), so B x T x vocab floats are never held at once."""
-    hidden, targets = hidden[:, :-1], ids[:, 1:]
+    hidden, targets = hidden[:, start:-1], ids[:, start + 1:]
     lps, ents = [], []
     for s in range(0, hidden.shape[1], chunk_size):
-        args = (lm_head.weight, hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size])
+        args = (lm_head.weight, hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size], entropy)
         if torch.is_grad_enabled():
             lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:
             lp, ent = _chunk_logprobs(*args)
         lps.append(lp)
         ents.append(ent)
-    return torch.cat(lps, 1), torch.cat(ents, 1)
+    return torch.cat(lps, 1), (torch.cat(ents, 1) if entropy else None)
 
 
 def completion_logprobs(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
