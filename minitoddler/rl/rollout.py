@@ -25,6 +25,7 @@ from ..generate import generate
 from ..lora import LoRALinear
 
 FORMATS = ("chatml", "dialogue")
+REMAT_ABOVE = 2 ** 24  # logits elements (B x T x vocab, 64 MB in fp32) above which chunks are recomputed in backward
 
 
 def _bos(model) -> int | None:
@@ -87,12 +88,14 @@ def logprobs_from_hidden(lm_head: torch.nn.Module, hidden: torch.Tensor, ids: to
     (B, T, H). `start` skips positions that hold no completion token (the shortest prompt's length - 1):
     their logits would cost as much and be masked out. The logits exist for `chunk_size` positions at
     a time; under autograd each chunk is recomputed in the backward pass instead of kept (activation
-    checkpointing), so B x T x vocab floats are never held at once."""
+    checkpointing) once B x T x vocab exceeds REMAT_ABOVE, so large batches never hold all their logits."""
     hidden, targets = hidden[:, start:-1], ids[:, start + 1:]
+    # Small batches keep their logits for the backward pass: recomputing them would cost more than it saves.
+    remat = torch.is_grad_enabled() and hidden.shape[0] * hidden.shape[1] * lm_head.weight.shape[0] > REMAT_ABOVE
     lps, ents = [], []
     for s in range(0, hidden.shape[1], chunk_size):
         args = (lm_head.weight, hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size], entropy)
-        if torch.is_grad_enabled():
+        if remat:
             lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:
             lp, ent = _chunk_logprobs(*args)
