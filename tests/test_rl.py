@@ -191,7 +191,9 @@ def tiny_model(seed=0):
     return ToddlerLM(cfg)
 
 
-def test_chunked_logprobs_equal_unchunked_values_and_gradients():
+@pytest.mark.parametrize("remat_above", [0, 2 ** 40])  # chunks recomputed in backward, or kept
+def test_chunked_logprobs_equal_unchunked_values_and_gradients(monkeypatch, remat_above):
+    monkeypatch.setattr("minitoddler.rl.rollout.REMAT_ABOVE", remat_above)
     model = tiny_model()
     ids = torch.randint(0, model.cfg.vocab_size, (3, 21))
     a = completion_logprobs(model, ids, chunk_size=4)
