@@ -18,16 +18,24 @@ def prompt_key(prompt: str) -> str:
     return " ".join(_TAG.sub("", prompt).split())
 
 
-def _rows(path: Path):
-    """(line number, object) pairs of a JSON list or a JSONL file."""
+def json_rows(path: Path) -> list[tuple[int, object]]:
+    """(line, object) of each item of a JSON list or each line of a JSONL file; errors name file:line."""
     text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            return list(enumerate(json.loads(text), start=1))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    if text.lstrip().startswith("["):
+        decoder, i = json.JSONDecoder(), text.index("[") + 1
+        while True:
+            while i < len(text) and text[i] in " \t\r\n,":
+                i += 1
+            if i >= len(text) or text[i] == "]":
+                return rows
+            line = text.count("\n", 0, i) + 1
+            try:
+                obj, i = decoder.raw_decode(text, i)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+            rows.append((line, obj))
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append((n, json.loads(line)))
@@ -43,7 +51,7 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
         raise FileNotFoundError(f"references file {path} not found: give a JSON/JSONL file of "
                                 '{"prompt": ..., "answers": [...]} objects (teacher answers per prompt)')
     refs: dict[str, list[str]] = {}
-    for n, row in _rows(path):
+    for n, row in json_rows(path):
         answers = row.get("answers", row.get("teacher_responses")) if isinstance(row, dict) else None
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(answers, list) \
                 or not answers or not all(isinstance(a, str) for a in answers):

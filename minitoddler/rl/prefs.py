@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.prepare import _WORD
-from ..rewards.references import load_references, prompt_key
+from ..rewards.references import json_rows, load_references, prompt_key
 
 FIELDS = ("prompt", "chosen", "rejected")
 
@@ -34,32 +34,6 @@ class Pref:
     chosen: str    # preferred child reply, tag dropped
     rejected: str
     where: str     # file:line, for messages
-
-
-def json_rows(path: Path) -> list[tuple[int, object]]:
-    """(line, object) of each item of a JSON list or each line of a JSONL file; errors name file:line."""
-    text = path.read_text(encoding="utf-8")
-    rows = []
-    if text.lstrip().startswith("["):
-        decoder, i = json.JSONDecoder(), text.index("[") + 1
-        while True:
-            while i < len(text) and text[i] in " \t\r\n,":
-                i += 1
-            if i >= len(text) or text[i] == "]":
-                return rows
-            line = text.count("\n", 0, i) + 1
-            try:
-                obj, i = decoder.raw_decode(text, i)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-            rows.append((line, obj))
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
 
 
 def read_prefs(path: str | Path, warn=True) -> tuple[list[Pref], list[str]]:
