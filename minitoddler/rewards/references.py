@@ -45,7 +45,7 @@ def json_rows(path: Path) -> list[tuple[int, object]]:
 
 
 def load_references(path: str | Path) -> dict[str, list[str]]:
-    """prompt_key(prompt) -> list of teacher answers. Errors name file:line (item number for JSON lists)."""
+    """prompt_key(prompt) -> list of teacher answers. Errors name file:line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"references file {path} not found: give a JSON/JSONL file of "
