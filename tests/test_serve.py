@@ -8,7 +8,6 @@ import threading
 
 import openai
 import pytest
-import torch
 
 from minitoddler.chat import load
 from minitoddler.chatml import caregiver_chat, render_chat
@@ -18,12 +17,6 @@ from tiny_chat_model import make_model_dir
 
 LINES = ["what is that?", "do you want more apple juice or the banana", "look", "where did the doggy go?",
          "shall we read the book about the big red bus now", "hi", "is it bath time", "no no"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # a 2-layer model gains nothing from more, and a loaded CPU loses a lot
-    yield
 
 
 @pytest.fixture(scope="module")
