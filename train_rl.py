@@ -27,9 +27,9 @@ import torch
 import torch.distributed as dist
 
 from minitoddler.chatml import add_chat_tokens
-from minitoddler.checkpoint import load_model, save_model
+from minitoddler.checkpoint import load_model
 from minitoddler.cli import config_from_args, config_parser, parse_config, run
-from minitoddler.lora import LoraConfig, apply_lora, lora_disabled, merge_lora, parse_targets, save_adapter
+from minitoddler.lora import LoraConfig, apply_lora, lora_disabled, parse_targets
 from minitoddler.model import ToddlerLM
 from minitoddler.rewards.combine import add_reward_flags, build_reward, options_from_args
 from minitoddler.rl import train_dpo
@@ -39,9 +39,9 @@ from minitoddler.rl.prompts import bundled_pairs, load_prompts, prompt_batch, pr
 from minitoddler.rl.rollout import (Rollout, SamplingConfig, copy_policy_weights, logprobs_from_hidden, masked_mean,
                                     sample_rollout)
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
-from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, due, make_optimizer,
-                                 resolve_dtype, resume_checkpoint, save_checkpoint, save_or_stop, set_lr,
-                                 start_run, stop_on_nonfinite, unwrap, wrap_for_training)
+from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, due, export_final,
+                                 make_optimizer, resolve_dtype, resume_checkpoint, save_checkpoint,
+                                 save_or_stop, set_lr, start_run, stop_on_nonfinite, unwrap, wrap_for_training)
 
 ALGOS = ("grpo", "ppo", "dpo")
 # Per-algorithm defaults for the flags left at 0: GRPO from the Toddler-LLM-GRPO card / TRL's GRPOTrainer,
@@ -387,10 +387,7 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
             for i in range(min(5, len(held_out))):
                 was = f"   (before: {before_rollout.replies[i]!r})" if before else ""
                 print(f"  caregiver: {held_out[i]!r}\n  toddler:   {after_rollout.replies[i]!r}{was}")
-        if lora:
-            save_adapter(policy, lora, out / "adapter")
-            merge_lora(policy)
-        save_model(policy, final, tokenizer=tokenizer_dir)
+        export_final(policy, lora, out, tokenizer_dir)
         print(f"done: {cfg.steps - start} steps in {progress.elapsed:.0f}s | model: {final}"
               + (f" | adapter: {out / 'adapter'}" if lora else "") + f" | metrics: {out / 'metrics.jsonl'}")
     if dist.is_initialized():

@@ -24,16 +24,16 @@ import torch
 import torch.distributed as dist
 
 from minitoddler.chatml import IM_END, add_chat_tokens, child_replies
-from minitoddler.checkpoint import load_model, save_model
+from minitoddler.checkpoint import load_model
 from minitoddler.cli import parse_config, run
 from minitoddler.data.prepare import PrepareConfig, prepare
-from minitoddler.lora import LoraConfig, apply_lora, merge_lora, parse_targets, save_adapter
+from minitoddler.lora import LoraConfig, apply_lora, parse_targets
 from minitoddler.sft import (DEFAULT_STAGES, FLAT_STAGES, build_examples, check_scores, collate, parse_stages,
                              plan_curriculum, read_pairs, response_loss_sum, scale_curriculum, split_off, stage_batch,
                              stage_subsets)
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
-from minitoddler.trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, due, lr_at,
-                                 make_optimizer, resolve_dtype, resume_checkpoint, save_checkpoint,
+from minitoddler.trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, due, export_final,
+                                 lr_at, make_optimizer, resolve_dtype, resume_checkpoint, save_checkpoint,
                                  save_or_stop, set_lr, start_run, stop_on_nonfinite, wrap_for_training)
 
 
@@ -272,10 +272,7 @@ def main(cfg: SFTConfig) -> Path:
     progress.close()
     final = out / "final"
     if ddp.is_main:
-        if lora:
-            save_adapter(model, lora, out / "adapter")
-            merge_lora(model)
-        save_model(model, final, tokenizer=tokenizer_dir)
+        export_final(model, lora, out, tokenizer_dir)
         with precision.autocast():
             after = child_replies(model, tokenizer, sample_prompts, cfg.system_prompt) if sample_prompts else []
         for i, (prompt, reply) in enumerate(zip(sample_prompts, after)):

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .checkpoint import load_state, read_safetensors, save_model
+from .lora import merge_lora, save_adapter
 
 GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}
 
@@ -424,6 +425,15 @@ def save_or_stop(done: int, total: int, every: int, stop: "StopFlag", save, prog
         if is_main:
             print(f"stopped at step {done}; resume with --resume --out {out}")
     return stopping
+
+
+def export_final(model, lora, out: Path, tokenizer_dir) -> Path:
+    """<out>/final: the trained model (LoRA merged in) with its tokenizer, in the HF layout; with LoRA also
+    <out>/adapter, the adapter alone."""
+    if lora:
+        save_adapter(model, lora, out / "adapter")
+        merge_lora(model)
+    return save_model(model, out / "final", tokenizer=tokenizer_dir)
 
 
 def format_duration(seconds: float) -> str:

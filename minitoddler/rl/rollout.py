@@ -23,6 +23,7 @@ from ..chatml import caregiver_chat, render_chat
 from ..evals.generation import clean_reply, stop_ids
 from ..generate import generate
 from ..lora import LoRALinear
+from ..trainer import unwrap
 
 FORMATS = ("chatml", "dialogue")
 REMAT_ABOVE = 2 ** 24  # logits elements (B x T x vocab, 64 MB in fp32) above which chunks are recomputed in backward
@@ -110,8 +111,7 @@ def completion_logprobs(model, ids: torch.Tensor, attention_mask: torch.Tensor |
     Keeps the graph when grad is enabled. `model` may be wrapped (DDP/compile): its forward is called
     with hidden_only=True and the plain model's lm_head is applied."""
     hidden = model(ids, attention_mask=attention_mask, hidden_only=True)
-    plain = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
-    return logprobs_from_hidden(plain.lm_head, hidden, ids, chunk_size)[0]
+    return logprobs_from_hidden(unwrap(model).lm_head, hidden, ids, chunk_size)[0]
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:

@@ -32,15 +32,15 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import atomic_write, load_model, save_model
+from ..checkpoint import atomic_write, load_model
 from ..cli import parse_config, run
 from ..data.prepare import PrepareConfig, prepare
-from ..lora import LoraConfig, apply_lora, merge_lora, parse_targets, save_adapter
+from ..lora import LoraConfig, apply_lora, parse_targets
 from ..sft import stage_batch
 from ..tokenizer import DEFAULT_SYSTEM_PROMPT, IM_START, load_tokenizer
-from ..trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, due, lr_at, make_optimizer,
-                       resolve_dtype, resume_checkpoint, save_checkpoint, save_or_stop, set_lr, start_run,
-                       stop_on_nonfinite, wrap_for_training)
+from ..trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, due, export_final, lr_at,
+                       make_optimizer, resolve_dtype, resume_checkpoint, save_checkpoint, save_or_stop, set_lr,
+                       start_run, stop_on_nonfinite, wrap_for_training)
 from .dpo import LOSSES, dpo_loss, pair_logprobs
 from .prefs import Pref, load_prefs
 from .rollout import FORMATS, render_exchange
@@ -340,10 +340,7 @@ def main(cfg: DPOConfig) -> Path:
     progress.close()
     final = out / "final"
     if ddp.is_main:
-        if lora:
-            save_adapter(model, lora, out / "adapter")
-            merge_lora(model)
-        save_model(model, final, tokenizer=tokenizer_dir)
+        export_final(model, lora, out, tokenizer_dir)
         was = f" (before: {before['val/logp_accuracy']:.3f})" if before else ""
         print(f"done: {steps - start} steps in {progress.elapsed:.0f}s | held-out accuracy "
               f"{metrics.get('val/accuracy', float('nan')):.3f}, log-prob accuracy "
