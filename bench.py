@@ -30,11 +30,12 @@ from minitoddler.cli import parse_config, run
 from minitoddler.config import preset
 from minitoddler.generate import generate
 from minitoddler.model import ToddlerLM
-from minitoddler.trainer import cpu_flags, cpu_name, device_peak_flops, pick_device, resolve_dtype
+from minitoddler.precision import cpu_flags, cpu_name, device_peak_flops, pick_device, resolve_dtype
 
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
+# Each field's comment is its --help text (minitoddler/cli.py).
 @dataclass
 class BenchConfig:
     model: str = "toddler-155m"     # preset name or model directory to time
@@ -123,6 +124,19 @@ def main(cfg: BenchConfig):
         for name, fn in runs:
             rows[name].append(timed(fn, device))
 
+    result = summarize(cfg, rows, outputs, precisions, chosen, ours, lengths, device, load_before)
+    if cfg.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_result(result, cfg, chosen, device)
+    return result
+
+
+def summarize(cfg: BenchConfig, rows: dict, outputs: dict, precisions: list, chosen, ours, lengths: list[int],
+              device, load_before: float) -> dict:
+    """Medians of the interleaved timings per dtype: tokens/s, share of the peak, ours over HF; the bf16
+    speed-up over fp32 and how many greedy rows it leaves identical."""
+    seq = cfg.seq
     flags = cpu_flags()
     train_tokens, gen_tokens = cfg.batch * seq, cfg.gen_batch * cfg.new_tokens
     avg_ctx = statistics.mean(lengths) + cfg.new_tokens / 2
@@ -153,9 +167,12 @@ def main(cfg: BenchConfig):
             kind: statistics.median(a / b for a, b in zip(rows[f"{kind} ours fp32"], rows[f"{kind} ours {other}"]))
             for kind in ("train", "gen")}
         result["same_greedy_rows"] = sum(a == b for a, b in zip(outputs["fp32"], outputs[other]))
-    if cfg.json:
-        print(json.dumps(result, indent=2))
-        return result
+    return result
+
+
+def print_result(result: dict, cfg: BenchConfig, chosen, device) -> None:
+    """The table of `summarize`'s result."""
+    seq, load_before = cfg.seq, result["load_average"][0]
     print(f"{cfg.model}: {result['params'] / 1e6:.1f}M params on {device}, {result['threads']} threads | "
           f"CPU {result['cpu']}, flags: {' '.join(result['cpu_flags']) or 'none of ' + ' '.join(SHOWN_FLAGS)} | "
           f"load average {load_before:.1f} -> {result['load_average'][1]:.1f}")
@@ -174,10 +191,9 @@ def main(cfg: BenchConfig):
             print(f"{label:28}{name:>6}{r['ours_tok_s']:>12.1f}{hf}{100 * r['ours_flops_frac']:>12.1f}%{hf_pct}")
     if "speedup_over_fp32" in result:
         s = result["speedup_over_fp32"]
-        print(f"{precisions[1].name} over fp32 (median of per-round ratios): fwd+bwd {s['train']:.2f}x, "
+        print(f"{list(result['dtypes'])[1]} over fp32 (median of per-round ratios): fwd+bwd {s['train']:.2f}x, "
               f"generation {s['gen']:.2f}x; {result['same_greedy_rows']} of {cfg.gen_batch} greedy rows "
               "identical to fp32's")
-    return result
 
 
 if __name__ == "__main__":

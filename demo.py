@@ -31,13 +31,13 @@ import torch
 import train_pretrain
 import train_rl
 import train_sft
-from minitoddler.chatml import child_replies
 from minitoddler.checkpoint import atomic_write, load_model, save_model
 from minitoddler.cli import parse_config, run
 from minitoddler.config import preset
 from minitoddler.data.prepare import SAMPLE_DIR, SPLITS, PrepareConfig, prepare
 from minitoddler.data.shards import build_shards
 from minitoddler.evals.minimal_pairs import evaluate_pairs, first_per_paradigm, load_pairs
+from minitoddler.generate import generate_replies
 from minitoddler.model import ToddlerLM
 from minitoddler.rewards import length as rm_length
 from minitoddler.rewards import train as rm_train
@@ -50,6 +50,7 @@ SAMPLE_EVAL = SAMPLE_DIR.parent / "sample_eval"  # bundled Zorro/BLiMP sample (i
 MODELS = (("pretrain", "after pretraining"), ("sft", "after SFT"), ("grpo", "after GRPO"))
 
 
+# Each field's comment is its --help text (minitoddler/cli.py).
 @dataclass
 class DemoConfig:
     out: str = "runs/demo"
@@ -152,7 +153,7 @@ def evaluate(cfg: DemoConfig, out: Path) -> dict:
     for name, label in MODELS:
         model = load_model(out / name / "final").eval()
         tokenizer = load_tokenizer(out / name / "final", strict=False)
-        replies = child_replies(model, tokenizer, prompts, DEFAULT_SYSTEM_PROMPT, cfg.max_new_tokens)
+        replies = generate_replies(model, tokenizer, prompts, "chatml", DEFAULT_SYSTEM_PROMPT, cfg.max_new_tokens)
         results["replies"][name] = replies
         results["parameters"] = model.num_parameters()
         results["table"][name] = {

@@ -29,23 +29,25 @@ import torch
 from minitoddler.checkpoint import model_from_arg
 from minitoddler.cli import parse_config, run
 from minitoddler.config import PRESETS
-from minitoddler.evals.generation import DEFAULT_PROMPTS, FORMATS, evaluate_generation, load_prompts
+from minitoddler.evals.generation import DEFAULT_PROMPTS, evaluate_generation, load_prompts
 from minitoddler.evals.lexical import read_lexical_csv
 from minitoddler.evals.minimal_pairs import (CONVENTIONS, ZORRO_ORDERS, evaluate_pairs, first_per_paradigm,
                                              load_pairs, normalized)
 from minitoddler.evals.report import compare_runs, load_results, save_results
+from minitoddler.formats import ALIASES, FORMATS
+from minitoddler.precision import pick_device, resolve_dtype
 from minitoddler.tokenizer import load_tokenizer
-from minitoddler.trainer import pick_device, resolve_dtype
 
 TASKS = ("zorro", "blimp", "dialogue", "lexical", "generation")
 
 
+# Each field's comment is its --help text (minitoddler/cli.py).
 @dataclass
 class EvalConfig:
     model: str = ""                # model directory, or a preset name (random weights)
     task: str = "zorro"            # zorro | blimp | dialogue | lexical | generation
     data: list = field(default_factory=list)  # files and/or directories; generation: a prompt file (default: bundled)
-    out: str = "runs/eval"
+    out: str = "runs/eval"         # directory for results.json, report.md (and scores_<task>.jsonl)
     tokenizer: str = ""            # tokenizer directory ("" = the model directory)
     convention: str = "bos"        # bos | minicons
     bow_correction: bool = False   # minicons' beginning-of-word correction (needs a 'Ġ'/'▁' tokenizer)
@@ -55,12 +57,12 @@ class EvalConfig:
     limit: int = 0                 # first N pairs per paradigm (N prompts for generation); 0 = all
     max_tokens: int = 0            # padded tokens per forward pass (0 = auto: minimal_pairs.auto_max_tokens)
     save_scores: bool = False      # also write scores_<task>.jsonl (one line per pair)
-    format: str = "chat"           # generation prompt format: chat (ChatML) | dialogue (*MOT: …\n*CHI:)
+    format: str = "chatml"         # generation prompt format: chatml | dialogue (*MOT: …\n*CHI:)
     samples: int = 1               # generation: replies per prompt
     max_new_tokens: int = 48
     temperature: float = 0.7       # 0 = greedy
     top_p: float = 0.9
-    top_k: int = 0                 # 0 = off
+    top_k: int = 0                 # sample among the k most likely tokens only; 0 = off
     aoa: str = ""                  # Kuperman AoA norms CSV, e.g. ../shared/data/aoa/kuperman_2012_aoa.csv
     cdi: str = ""                  # CDI word list CSV, e.g. ../shared/data/aoa/babylm_cdi_aoa_word_list.csv
     rm1: str = ""                  # RM-1 child-likeness BERT directory
@@ -75,7 +77,7 @@ class EvalConfig:
 
 def check(cfg: EvalConfig) -> None:
     for name, value, allowed in (("task", cfg.task, TASKS), ("convention", cfg.convention, CONVENTIONS),
-                                 ("zorro-order", cfg.zorro_order, ZORRO_ORDERS), ("format", cfg.format, FORMATS),
+                                 ("zorro-order", cfg.zorro_order, ZORRO_ORDERS), ("format", ALIASES.get(cfg.format, cfg.format), FORMATS),
                                  ("csv-split", cfg.csv_split, ("eval", "train", "all"))):
         if value not in allowed:
             raise SystemExit(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")

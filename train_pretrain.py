@@ -22,12 +22,15 @@ import torch.nn.functional as F
 from minitoddler.checkpoint import model_from_arg, save_model
 from minitoddler.cli import parse_config, run
 from minitoddler.data.shards import TokenLoader, default_shards, read_meta, shard_tokenizer_dir
-from minitoddler.trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, device_peak_flops,
-                                 due, grad_accum_steps, lr_at, make_optimizer, resolve_dtype,
-                                 resume_checkpoint, save_checkpoint, save_or_stop, set_lr, start_run,
-                                 stop_on_nonfinite, unwrap, wrap_for_training)
+from minitoddler.distributed import Dist, grad_accum_steps, unwrap, wrap_for_training
+from minitoddler.precision import Precision, device_peak_flops, resolve_dtype
+from minitoddler.startup import end_run, print0, start_run
+from minitoddler.train_state import resume_checkpoint, save_checkpoint
+from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, clip_and_step, due, lr_at,
+                                 make_optimizer, save_or_stop, set_lr, stop_on_nonfinite)
 
 
+# Each field's comment is its --help text (minitoddler/cli.py).
 @dataclass
 class PretrainConfig:
     model: str = "toddler-155m"   # preset name (fresh weights) or a model directory to continue from
@@ -91,36 +94,67 @@ def evaluate(model, loader: TokenLoader, batches: int, device, byte_lengths: tor
     return (stats[0] / stats[1]).item(), (stats[2] / max(stats[3], 1) / math.log(2)).item()
 
 
+@dataclass
+class Data:
+    """The shards, their tokenizer, the training loader and how to score held-out text."""
+    shards: Path
+    tokenizer_dir: Path
+    loader: TokenLoader
+    val_batch: int             # held-out windows per batch (smaller when the split is small)
+    eval_batches: int
+    byte_lengths: torch.Tensor  # UTF-8 bytes per token id, for bits per byte
+
+
+def open_data(cfg: PretrainConfig, out: Path, model, seq_len: int, ddp: Dist) -> Data:
+    """--data (or the bundled corpus' shards, built once by the main process), checked against the model."""
+    if not cfg.data and ddp.is_main:
+        default_shards(out / "data", kind=cfg.kind)
+    if dist.is_initialized():
+        dist.barrier()
+    shards = Path(cfg.data) if cfg.data else default_shards(out / "data", kind=cfg.kind)
+    meta = read_meta(shards)
+    if meta["vocab_size"] > model.cfg.vocab_size:
+        raise ValueError(f"the shards' tokenizer has {meta['vocab_size']} tokens but the model only "
+                         f"{model.cfg.vocab_size} embeddings")
+    loader = TokenLoader(shards, "train", cfg.device_batch_size, seq_len, cfg.seed, ddp.rank, ddp.world_size)
+    # A small validation split (the bundled corpus has ~10 windows) is scored with smaller batches.
+    val_windows = (meta["splits"]["val"]["tokens"] - 1) // seq_len // ddp.world_size
+    val_batch = max(1, min(cfg.device_batch_size, val_windows))
+    batches = TokenLoader(shards, "val", val_batch, seq_len, cfg.seed, ddp.rank, ddp.world_size).batches_per_epoch
+    tokenizer_dir = shard_tokenizer_dir(shards)
+    return Data(shards, tokenizer_dir, loader, val_batch, min(cfg.eval_batches, batches),
+                token_byte_lengths(tokenizer_dir, model.cfg.vocab_size))
+
+
+def train_step(train_model, model, optimizer, loader: TokenLoader, accum: int, cfg: PretrainConfig, ddp: Dist,
+               device, precision: Precision, step: int) -> tuple[float, float]:
+    """One optimizer step over `accum` micro-batches: the mean loss over every process, and the gradient norm."""
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(accum):
+        x, y = loader.next_batch()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        sync = micro == accum - 1 or ddp.world_size == 1
+        with contextlib.nullcontext() if sync else train_model.no_sync():
+            with precision.autocast():
+                logits = train_model(x)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)) / accum
+            loss.backward()
+        loss_sum += loss.detach()
+    if dist.is_initialized():
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+    loss_value = check_finite(loss_sum, step)
+    return loss_value, clip_and_step(model, optimizer, cfg.grad_clip)
+
+
 def main(cfg: PretrainConfig) -> Path:
     ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
     precision = resolve_dtype(cfg.dtype, device)
-    if cfg.data:
-        shard_dir = Path(cfg.data)
-    else:
-        if ddp.is_main:
-            default_shards(out / "data", kind=cfg.kind)
-        if dist.is_initialized():
-            dist.barrier()
-        shard_dir = default_shards(out / "data", kind=cfg.kind)
-    tokenizer_dir = shard_tokenizer_dir(shard_dir)
     model = model_from_arg(cfg.model, device)
     seq_len = cfg.seq_len or model.cfg.max_position_embeddings
     accum = grad_accum_steps(cfg.batch_tokens, cfg.device_batch_size, seq_len, ddp.world_size)
-    loader = TokenLoader(shard_dir, "train", cfg.device_batch_size, seq_len, cfg.seed, ddp.rank, ddp.world_size)
-
-    # A small validation split (the bundled corpus has ~10 windows) is scored with smaller batches.
-    val_windows = (read_meta(shard_dir)["splits"]["val"]["tokens"] - 1) // seq_len // ddp.world_size
-    val_batch = max(1, min(cfg.device_batch_size, val_windows))
-
-    def val_loader():
-        return TokenLoader(shard_dir, "val", val_batch, seq_len, cfg.seed, ddp.rank, ddp.world_size)
-    eval_batches = min(cfg.eval_batches, val_loader().batches_per_epoch)
+    data = open_data(cfg, out, model, seq_len, ddp)
+    loader = data.loader
     warmup = cfg.warmup_steps or max(1, cfg.steps // 100)
-    data_vocab = read_meta(shard_dir)["vocab_size"]
-    if data_vocab > model.cfg.vocab_size:
-        raise ValueError(f"the shards' tokenizer has {data_vocab} tokens but the model only "
-                         f"{model.cfg.vocab_size} embeddings")
-    byte_lengths = token_byte_lengths(tokenizer_dir, model.cfg.vocab_size)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device=device)
     ckpt_dir = out / "checkpoint"
     start = 0
@@ -131,74 +165,57 @@ def main(cfg: PretrainConfig) -> Path:
 
     train_model = wrap_for_training(model, ddp, device, cfg.compile)
     log = MetricsLog(out, enabled=ddp.is_main)
-    stop = StopFlag()
     peak, peak_src = device_peak_flops(device, precision.dtype)
     flops_per_step = unwrap(model).flops_per_token(seq_len) * cfg.batch_tokens
-    if ddp.is_main:
-        print(f"model {cfg.model}: {model.num_parameters() / 1e6:.1f}M parameters | data {shard_dir} | "
-              f"{cfg.batch_tokens} tokens/step = {ddp.world_size} proc x {accum} accum x "
-              f"{cfg.device_batch_size} x {seq_len} | peak {peak / 1e12:.3g} TFLOP/s ({peak_src})\n"
-              f"dtype {precision}")
+    print0(f"model {cfg.model}: {model.num_parameters() / 1e6:.1f}M parameters | data {data.shards} | "
+           f"{cfg.batch_tokens} tokens/step = {ddp.world_size} proc x {accum} accum x "
+           f"{cfg.device_batch_size} x {seq_len} | peak {peak / 1e12:.3g} TFLOP/s ({peak_src})\n"
+           f"dtype {precision}")
     log.write(step=start, dtype=precision.name, dtype_reason=precision.reason, peak_flops=peak)
 
     def save(step):
         if ddp.is_main:
             save_checkpoint(ckpt_dir, model, optimizer, step,
-                            {"loader": loader.state_dict(), "config": asdict(cfg)}, tokenizer=tokenizer_dir)
+                            {"loader": loader.state_dict(), "config": asdict(cfg)}, tokenizer=data.tokenizer_dir)
 
-    progress = Progress(cfg.steps, start, ddp.is_main)
-    val_loss = val_bpb = float("nan")
-    if not start:  # a baseline for the first number
-        val_loss, val_bpb = evaluate(model, val_loader(), eval_batches, device, byte_lengths, precision)
-        log.write(step=0, val_loss=val_loss, val_bpb=val_bpb)
-        progress.note(f"step 0 (before training): val loss {val_loss:.4f}, {val_bpb:.4f} bits/byte")
+    def validate(done: int) -> tuple[float, float]:
+        val = TokenLoader(data.shards, "val", data.val_batch, seq_len, cfg.seed, ddp.rank, ddp.world_size)
+        loss, bpb = evaluate(model, val, data.eval_batches, device, data.byte_lengths, precision)
+        log.write(step=done, val_loss=loss, val_bpb=bpb)
+        progress.note(f"step {done}{' (before training)' if not done else ''}: val loss {loss:.4f}, "
+                      f"{bpb:.4f} bits/byte")
+        return loss, bpb
+
+    progress, stop = Progress(cfg.steps, start, ddp.is_main), StopFlag()
+    val_loss, val_bpb = validate(0) if not start else (float("nan"), float("nan"))  # a baseline
     with stop_on_nonfinite(ckpt_dir):
         for step in range(start, cfg.steps):
             t0 = time.time()
             lr = lr_at(step, cfg.steps, cfg.lr, warmup, cfg.schedule, cfg.min_lr_ratio)
             set_lr(optimizer, lr)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum):
-                x, y = loader.next_batch()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                sync = micro == accum - 1 or ddp.world_size == 1
-                with contextlib.nullcontext() if sync else train_model.no_sync():
-                    with precision.autocast():
-                        logits = train_model(x)
-                    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)) / accum
-                    loss.backward()
-                loss_sum += loss.detach()
-            if dist.is_initialized():
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-            loss_value = check_finite(loss_sum, step)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                       cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, grad_norm = train_step(train_model, model, optimizer, loader, accum, cfg, ddp, device, precision,
+                                         step)
             dt = time.time() - t0
             done = step + 1
             tok_s = cfg.batch_tokens / dt
             mfu = flops_per_step / dt / peak
-            progress.update(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
+            progress.update(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
             if due(done, cfg.log_every, cfg.steps):
-                log.write(step=done, loss=loss_value, lr=lr, grad_norm=grad_norm, tok_s=tok_s, mfu=mfu,
+                log.write(step=done, loss=loss, lr=lr, grad_norm=grad_norm, tok_s=tok_s, mfu=mfu,
                           tokens=done * cfg.batch_tokens, time=progress.elapsed)
-                progress.log(done, loss=loss_value, lr=lr, tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
+                progress.log(done, loss=loss, lr=lr, tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
             if due(done, cfg.eval_every, cfg.steps):
-                val_loss, val_bpb = evaluate(model, val_loader(), eval_batches, device, byte_lengths, precision)
-                log.write(step=done, val_loss=val_loss, val_bpb=val_bpb)
-                progress.note(f"step {done}: val loss {val_loss:.4f}, {val_bpb:.4f} bits/byte")
+                val_loss, val_bpb = validate(done)
             if save_or_stop(done, cfg.steps, cfg.save_every, stop, save, progress, ddp.is_main, out):
                 return ckpt_dir
     progress.close()
     final = out / "final"
     if ddp.is_main:
-        save_model(model, final, tokenizer=tokenizer_dir)
+        save_model(model, final, tokenizer=data.tokenizer_dir)
         print(f"done: {cfg.steps - start} steps, {(cfg.steps - start) * cfg.batch_tokens:,} tokens in "
               f"{progress.elapsed:.0f}s ({precision.name}) | final val loss {val_loss:.4f} ({val_bpb:.4f} "
               f"bits/byte) | model: {final} | metrics: {out / 'metrics.jsonl'}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    end_run()
     return final
 
 

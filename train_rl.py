@@ -1,5 +1,5 @@
 """Reinforcement learning on caregiver prompts: GRPO (Toddler-LLM stage 3, Toddler-LLM-GRPO on SmolLM2) and
-PPO (the llamalogue runs); `--algo dpo` trains on preference pairs.
+PPO (the llamalogue runs); `--algo dpo` hands over to train_dpo.py (preference pairs).
 
 Each step samples completions for a batch of caregiver lines with the KV cache, scores them with the
 rewards of `--reward` (rewards/combine.py), and updates the policy: GRPO from group-relative advantages,
@@ -15,9 +15,9 @@ PPO from GAE advantages with a value head. The reference policy is the model wit
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -26,33 +26,36 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import train_dpo
 from minitoddler.chatml import add_chat_tokens
 from minitoddler.checkpoint import load_model
 from minitoddler.cli import config_from_args, config_parser, parse_config, run
-from minitoddler.lora import LoraConfig, apply_lora, lora_disabled, parse_targets
+from minitoddler.distributed import unwrap, wrap_for_training
+from minitoddler.formats import check_format
+from minitoddler.logprobs import logprobs_from_hidden, masked_mean
+from minitoddler.lora import LoraConfig, lora_disabled
 from minitoddler.model import ToddlerLM
-from minitoddler.rewards.combine import add_reward_flags, build_reward, options_from_args
-from minitoddler.rl import train_dpo
+from minitoddler.precision import Precision, resolve_dtype
+from minitoddler.rewards.combine import CombinedReward, add_reward_flags, build_reward, options_from_args
 from minitoddler.rl.grpo import group_advantages, grpo_loss
 from minitoddler.rl.ppo import AdaptiveKL, ValueHead, gae, ppo_loss, token_rewards
-from minitoddler.rl.prompts import bundled_pairs, load_prompts, prompt_batch, prompt_file
-from minitoddler.rl.rollout import (Rollout, SamplingConfig, copy_policy_weights, logprobs_from_hidden, masked_mean,
-                                    sample_rollout)
+from minitoddler.rl.prompts import load_prompts, prompt_batch, prompt_file
+from minitoddler.rl.rollout import Rollout, SamplingConfig, copy_policy_weights, sample_rollout
+from minitoddler.startup import (bundled_data, describe_run, end_run, lora_from_flags, print0, require_model_dir,
+                                 start_run, written)
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
-from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, due, export_final,
-                                 make_optimizer, resolve_dtype, resume_checkpoint, save_checkpoint,
-                                 save_or_stop, set_lr, start_run, stop_on_nonfinite, unwrap, wrap_for_training)
+from minitoddler.train_state import resume_checkpoint, save_checkpoint
+from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, clip_and_step, due, export_final,
+                                 make_optimizer, save_or_stop, set_lr, stop_on_nonfinite)
 
 ALGOS = ("grpo", "ppo", "dpo")
-# Per-algorithm defaults for the flags left at 0: GRPO from the Toddler-LLM-GRPO card / TRL's GRPOTrainer,
-# PPO from trl 0.8.6's PPOConfig.
-DEFAULTS = {"grpo": dict(batch_prompts=25, generations=8, lr=1e-5, warmup_ratio=0.1, grad_clip=1.0),
-            "ppo": dict(batch_prompts=256, generations=1, lr=1.41e-5, warmup_ratio=0.0, grad_clip=0.0)}
 
 
+# Each field's comment is its --help text (minitoddler/cli.py). Defaults are GRPO's (the Toddler-LLM-GRPO
+# card, TRL's GRPOTrainer); --algo ppo starts from PPO_DEFAULTS instead, and flags given on top still win.
 @dataclass
 class RLConfig:
-    algo: str = "grpo"             # grpo | ppo | dpo
+    algo: str = "grpo"             # grpo | ppo | dpo (dpo: see train_dpo.py --help)
     model: str = ""                # policy: an SFT'd model directory (ours or SmolLM2-Instruct)
     data: str = ""                 # pairs directory/JSONL (caregiver line = prompt) or text file; "" = bundled corpus
     out: str = "runs/rl"
@@ -60,16 +63,17 @@ class RLConfig:
     format: str = "chatml"         # chatml | dialogue (*MOT: ...\n*CHI:)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     steps: int = 2000
-    batch_prompts: int = 0         # prompts per step (0: grpo 25, ppo 256)
-    generations: int = 0           # completions per prompt (0: grpo 8, ppo 1)
+    batch_prompts: int = 25        # prompts per step (ppo: 256)
+    generations: int = 8           # completions per prompt (ppo: 1)
     max_prompt_len: int = 96       # longer prompts lose tokens from the front (counted)
     max_new_tokens: int = 96
     temperature: float = 1.0
     top_p: float = 1.0
-    lr: float = 0.0                # 0: grpo 1e-5 (Toddler-LLM stage 3), ppo 1.41e-5 (trl 0.8.6)
-    warmup_ratio: float = -1.0     # < 0: grpo 0.1, ppo 0 (then linear decay to 0 for grpo, constant for ppo)
+    lr: float = 1e-5               # grpo 1e-5 (Toddler-LLM stage 3); ppo 1.41e-5 (trl 0.8.6)
+    warmup_ratio: float = 0.1      # share of the steps of linear warmup (ppo: 0); then linear decay to 0 for
+                                   # grpo, constant for ppo
     weight_decay: float = 0.0
-    grad_clip: float = -1.0        # < 0: grpo 1.0, ppo none (0)
+    grad_clip: float = 1.0         # ppo: 0 (none, as trl 0.8.6)
     lora_rank: int = 64            # 0 = full fine-tuning (the reference is then a frozen copy)
     lora_alpha: float = 0.0        # 0 = rank (alpha 64 at rank 64, the card's)
     lora_dropout: float = 0.0      # 0 keeps sampling and training the very same policy
@@ -107,14 +111,13 @@ class RLConfig:
     resume: bool = False
 
 
-def resolved(cfg: RLConfig) -> RLConfig:
-    """cfg with the per-algorithm defaults filled in (flags left at 0 / < 0)."""
-    d = DEFAULTS[cfg.algo]
-    return RLConfig(**{**asdict(cfg),
-                       "batch_prompts": cfg.batch_prompts or d["batch_prompts"],
-                       "generations": cfg.generations or d["generations"], "lr": cfg.lr or d["lr"],
-                       "warmup_ratio": d["warmup_ratio"] if cfg.warmup_ratio < 0 else cfg.warmup_ratio,
-                       "grad_clip": d["grad_clip"] if cfg.grad_clip < 0 else cfg.grad_clip})
+# trl 0.8.6's PPOConfig: 256 rollouts a step, one per prompt, LR 1.41e-5 constant, no gradient clipping.
+PPO_DEFAULTS = dict(batch_prompts=256, generations=1, lr=1.41e-5, warmup_ratio=0.0, grad_clip=0.0)
+
+
+def rl_config(algo: str = "grpo", **settings) -> RLConfig:
+    """An RLConfig with the defaults of `algo` (GRPO's: the dataclass's; PPO's: PPO_DEFAULTS), then `settings`."""
+    return RLConfig(algo=algo, **{**(PPO_DEFAULTS if algo == "ppo" else {}), **settings})
 
 
 def lr_for(cfg: RLConfig, step: int) -> float:
@@ -127,40 +130,167 @@ def lr_for(cfg: RLConfig, step: int) -> float:
     return cfg.lr * (1 - (step - warmup) / max(1, cfg.steps - warmup))
 
 
-def forward_passes(model, head, ids, rows, chunk_size, start=0, entropy=True):
-    """Log-probs, entropies (B', T-1-start) and, with a value head, values of `ids[rows]` in one forward pass."""
-    plain = unwrap(model)
+@dataclass
+class Learner:
+    """What the updates work on: the policy (and the module the loop calls: DDP/compile around it), the
+    reference (None: the policy with its adapters off), PPO's value head, the bf16 sampling copy (None:
+    sample from the policy), the optimizer over all trained parameters, and how to compute."""
+    policy: ToddlerLM
+    train_model: torch.nn.Module
+    reference: ToddlerLM | None
+    head: ValueHead | None
+    sampler: ToddlerLM | None
+    trainable: torch.nn.ModuleList
+    optimizer: torch.optim.Optimizer
+    lora: LoraConfig | None
+    precision: Precision
+    device: torch.device
+
+    def rollout_model(self) -> ToddlerLM:
+        """The model that samples: the policy in fp32, or the bf16 copy with the policy's current weights."""
+        if self.sampler is None:
+            return self.policy
+        copy_policy_weights(self.sampler, self.policy)
+        return self.sampler
+
+
+@dataclass
+class Scored:
+    """One step's rollout with its rewards and everything the updates read, on the device. Positions
+    start at `first` (the shortest prompt's length - 1): before it no row holds a completion token."""
+    rollout: Rollout
+    components: dict[str, torch.Tensor]
+    scores: torch.Tensor           # (B,) total reward per completion
+    ids: torch.Tensor              # (B, T) prompt + completion, right-padded
+    mask: torch.Tensor             # (B, T-1-first) completion tokens
+    first: int
+    old_lp: torch.Tensor | None    # (B, T-1-first) sampling-policy log-probs (None: GRPO with mu = 1)
+    entropy: torch.Tensor | None
+    old_values: torch.Tensor | None
+    ref_lp: torch.Tensor
+    generation_time: float
+
+
+def forward_passes(model, head, ids, rows, chunk_size, first=0, entropy=True):
+    """Log-probs, entropies (B', T-1-first) and, with a value head, values of `ids[rows]` in one forward pass."""
     hidden = model(ids[rows], hidden_only=True)
-    lp, ent = logprobs_from_hidden(plain.lm_head, hidden, ids[rows], chunk_size, start, entropy)
-    values = head(hidden[:, start:-1]) if head is not None else None
+    lp, ent = logprobs_from_hidden(unwrap(model).lm_head, hidden, ids[rows], chunk_size, first, entropy)
+    values = head(hidden[:, first:-1]) if head is not None else None
     return lp, ent, values
 
 
 @torch.no_grad()
-def score_rollout(policy, head, reference, ids, cfg, precision, start=0, old=True):
+def score_rollout(learner: Learner, ids, cfg: RLConfig, first: int, old: bool = True):
     """Old (sampling-policy) log-probs, entropies, values and reference log-probs of a rollout, in batches.
     old=False (GRPO with mu = 1: the old log-probs are the update's own, detached) returns only the reference's."""
+    policy, head, reference = learner.policy, learner.head, learner.reference
     was = policy.training
-    policy.eval()
-    if head is not None:
-        head.eval()
+    for m in (policy, head):
+        if m is not None:
+            m.eval()
     lps, ent, val, ref = [], [], [], []
     for s in range(0, ids.shape[0], cfg.device_batch_size):
         rows = slice(s, s + cfg.device_batch_size)
-        with precision.autocast():
+        with learner.precision.autocast():
             if old:
-                lp, e, v = forward_passes(policy, head, ids, rows, cfg.chunk_size, start)
+                lp, e, v = forward_passes(policy, head, ids, rows, cfg.chunk_size, first)
                 lps.append(lp)
                 ent.append(e)
                 val.append(v)
             with (lora_disabled(policy) if reference is None else contextlib.nullcontext()):
-                ref.append(forward_passes(reference or policy, None, ids, rows, cfg.chunk_size, start, False)[0])
-    policy.train(was)
-    if head is not None:
-        head.train(was)
+                ref.append(forward_passes(reference or policy, None, ids, rows, cfg.chunk_size, first, False)[0])
+    for m in (policy, head):
+        if m is not None:
+            m.train(was)
     if not old:
         return None, None, None, torch.cat(ref)
     return torch.cat(lps), torch.cat(ent), (torch.cat(val) if head is not None else None), torch.cat(ref)
+
+
+def rollout_and_score(learner: Learner, tokenizer, reward: CombinedReward, prompts: list[str],
+                      sampling: SamplingConfig, cfg: RLConfig, seed: int, pad_id: int) -> Scored:
+    """Sample `cfg.generations` replies to each prompt, score them with the rewards, and compute the
+    log-probs (and PPO's values) the update compares against."""
+    t0 = time.time()
+    rollout = sample_rollout(learner.rollout_model(), tokenizer, prompts, sampling, seed)
+    generation_time = time.time() - t0
+    components = reward.components(rollout.prompts, rollout.replies)
+    ids, mask = rollout.tensors(pad_id)
+    first = min(map(len, rollout.prompt_ids)) - 1
+    ids, mask = ids.to(learner.device), mask[:, first:].to(learner.device)
+    reuse_old = cfg.algo == "grpo" and cfg.mu == 1
+    old_lp, entropy, old_values, ref_lp = score_rollout(learner, ids, cfg, first, old=not reuse_old)
+    return Scored(rollout, components, reward.total(components), ids, mask, first, old_lp, entropy, old_values,
+                  ref_lp, generation_time)
+
+
+def grpo_update(learner: Learner, batch: Scored, cfg: RLConfig, ddp, step: int) -> dict:
+    """`cfg.mu` GRPO optimizer steps on one scored rollout, in micro-batches of `device_batch_size` rows
+    (gradients accumulated; under DDP synchronised at the last one)."""
+    stats = {}
+    advantages, stats["zero_std_frac"] = group_advantages(batch.scores, cfg.generations, cfg.advantage_scale)
+    advantages = advantages.to(learner.device)
+    ids, mask, n_rows, n_tokens = batch.ids, batch.mask, batch.ids.shape[0], batch.mask.sum()
+    micro = list(range(0, n_rows, cfg.device_batch_size))
+    for _ in range(cfg.mu):
+        loss_total, parts, entropies = 0.0, [], []
+        for j, s in enumerate(micro):
+            r = slice(s, s + cfg.device_batch_size)
+            sync = j == len(micro) - 1 or ddp.world_size == 1
+            with contextlib.nullcontext() if sync else learner.train_model.no_sync():
+                with learner.precision.autocast():
+                    lp, ent, _ = forward_passes(learner.train_model, None, ids, r, cfg.chunk_size, batch.first)
+                entropies.append(ent)
+                old = lp.detach() if batch.old_lp is None else batch.old_lp[r]
+                loss, st = grpo_loss(lp, old, batch.ref_lp[r], advantages[r], mask[r], cfg.clip_eps, cfg.beta,
+                                     cfg.loss_norm, cfg.max_new_tokens)
+                weight = mask[r].sum() / n_tokens if cfg.loss_norm == "token" else lp.shape[0] / n_rows
+                (loss * weight).backward()
+            loss_total += float(loss.detach() * weight)
+            parts.append((float(mask[r].sum()), st))
+        check_finite(torch.tensor(loss_total), step)
+        stats["grad_norm"] = clip_and_step(learner.trainable, learner.optimizer, cfg.grad_clip)
+    w = sum(n for n, _ in parts)
+    stats.update({k: sum(n * st[k] for n, st in parts) / w for k in ("kl", "clip_frac")}, loss=loss_total)
+    if batch.entropy is None:  # mu = 1: the update's own pass measured it
+        batch.entropy = torch.cat(entropies)
+    return stats
+
+
+def ppo_update(learner: Learner, batch: Scored, cfg: RLConfig, kl_ctl: AdaptiveKL, step: int) -> dict:
+    """`cfg.ppo_epochs` passes of PPO over one scored rollout in shuffled mini-batches, one optimizer
+    step each; then the adaptive KL controller sees the rollout's KL."""
+    mask = batch.mask.float()
+    token_r, _ = token_rewards(batch.scores.to(learner.device), batch.old_lp, batch.ref_lp, mask, kl_ctl.value,
+                               cfg.kl_penalty)
+    advantages, returns = gae(token_r, batch.old_values, mask, cfg.gamma, cfg.lam)
+    seq_kl = ((batch.old_lp - batch.ref_lp) * batch.mask).sum(1).mean()
+    if dist.is_initialized():  # one KL coefficient for every process
+        dist.all_reduce(seq_kl, op=dist.ReduceOp.AVG)
+    sums, count, n_rows = {}, 0, batch.ids.shape[0]
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(n_rows)
+        for s in range(0, n_rows, cfg.mini_batch_size):
+            r = order[s:s + cfg.mini_batch_size].to(learner.device)
+            with learner.precision.autocast():
+                lp, _, values = forward_passes(learner.train_model, learner.head, batch.ids, r, cfg.chunk_size,
+                                               batch.first, False)
+            loss, st = ppo_loss(lp, batch.old_lp[r], values, batch.old_values[r], advantages[r], returns[r],
+                                batch.mask[r], cfg.clip_eps, cfg.clip_value, cfg.vf_coef, cfg.ratio_threshold)
+            check_finite(loss.detach(), step)
+            loss.backward()
+            if dist.is_initialized():  # the value head is outside DDP: average its gradients here
+                for p in learner.head.parameters():
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+            grad_norm = clip_and_step(learner.trainable, learner.optimizer, cfg.grad_clip)
+            for k, v in {**st, "loss": loss.item()}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+    stats = {k: v / count for k, v in sums.items()}
+    stats.update(kl=float(masked_mean(batch.old_lp - batch.ref_lp, batch.mask)), kl_sequence=float(seq_kl),
+                 kl_coef=kl_ctl.value, grad_norm=grad_norm)
+    kl_ctl.update(float(seq_kl), n_rows)
+    return stats
 
 
 def evaluate_prompts(policy, tokenizer, reward, prompts, sampling, seed) -> tuple[dict, Rollout]:
@@ -178,241 +308,194 @@ def show(rollout: Rollout, scores: torch.Tensor, generations: int, n: int = 3) -
               f"(reward {float(scores[i]):.3f})", flush=True)
 
 
-def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None = None) -> Path:
-    if cfg.algo not in ALGOS:
-        raise SystemExit(f"error: --algo must be one of {', '.join(ALGOS)}, got {cfg.algo!r}")
-    if cfg.algo == "dpo":
-        raise SystemExit("error: DPO has its own flags: run `python train_rl.py --algo dpo ...` or call "
-                         "minitoddler.rl.train_dpo.main(DPOConfig(...))")
-    if not cfg.model or not Path(cfg.model).is_dir():
-        raise SystemExit(f"error: --model DIR is required: an SFT'd model directory"
-                         f"{f' ({cfg.model} is not one)' if cfg.model else ''}; train one with train_sft.py")
-    cfg = resolved(cfg)
-    ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
-    precision = resolve_dtype(cfg.dtype, device)
-    policy = load_model(cfg.model, device)
-    if cfg.max_prompt_len + cfg.max_new_tokens > policy.cfg.max_position_embeddings:
-        raise ValueError(f"--max-prompt-len {cfg.max_prompt_len} + --max-new-tokens {cfg.max_new_tokens} exceeds "
-                         f"the model's context of {policy.cfg.max_position_embeddings} tokens; lower either")
+def setup_tokenizer(cfg: RLConfig, policy, out: Path) -> Path:
+    """The tokenizer directory; in ChatML, a copy under <out>/tokenizer with the chat tokens (added to the
+    tokenizer and the embeddings when the model has none yet)."""
+    if cfg.format != "chatml":
+        return Path(cfg.tokenizer or cfg.model)
+    tokenizer_dir = out / "tokenizer"
+    main_process = not dist.is_initialized() or dist.get_rank() == 0
+    added = add_chat_tokens(policy, cfg.tokenizer or cfg.model, tokenizer_dir if main_process else None,
+                            cfg.system_prompt)
+    if dist.is_initialized():
+        dist.barrier()
+    if added:
+        print0(f"note: {cfg.model} is not a chat model yet: added {added} to its tokenizer and embeddings. "
+               "Run train_sft.py first: GRPO/PPO on a model that has never seen the chat format learns little.")
+    return tokenizer_dir
 
-    # Tokenizer (ChatML tokens added when the model has none yet).
-    tokenizer_dir = Path(cfg.tokenizer or cfg.model)
-    if cfg.format == "chatml":
-        tokenizer_dir = out / "tokenizer"
-        added = add_chat_tokens(policy, cfg.tokenizer or cfg.model, tokenizer_dir if ddp.is_main else None,
-                                cfg.system_prompt)
-        if dist.is_initialized():
-            dist.barrier()
-        if added and ddp.is_main:
-            print(f"note: {cfg.model} is not a chat model yet: added {added} to its tokenizer and embeddings. "
-                  "Run train_sft.py first: GRPO/PPO on a model that has never seen the chat format learns little.")
-    tokenizer = load_tokenizer(tokenizer_dir, strict=False)
-    pad_id = tokenizer.token_to_id("<|pad|>")
-    pad_id = 0 if pad_id is None else pad_id  # padding is masked out: any id works
 
-    # Prompts: training lines, and held-out ones for the before/after comparison.
-    pairs = Path(cfg.data) if cfg.data else bundled_pairs(out / "data")
-    reward = build_reward(reward_spec, {"device": cfg.device, **(reward_options or {})})
+def prompt_sets(cfg: RLConfig, out: Path, reward: CombinedReward) -> tuple[Path, list[str], list[str]]:
+    """Where the prompts come from (--data, or the bundled corpus' pairs), the training caregiver lines
+    (the clearest --clarity-keep of them), and held-out ones for the before/after comparison."""
+    pairs = Path(cfg.data) if cfg.data else bundled_data(out / "data", "pairs")
     clarity = next((r for n, _, r in reward.parts if n == "clarity"), None)
     prompts = load_prompts(prompt_file(pairs), cfg.seed, cfg.clarity_keep, clarity)
-    held_out = []
-    if cfg.eval_prompts and pairs.is_dir():
-        held_out = load_prompts(prompt_file(pairs, "val"), cfg.seed)[:cfg.eval_prompts]
-    sampling = SamplingConfig(cfg.format, cfg.system_prompt, cfg.generations, cfg.max_prompt_len,
-                              cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+    held_out = load_prompts(prompt_file(pairs, "val"), cfg.seed)[:cfg.eval_prompts] \
+        if cfg.eval_prompts and pairs.is_dir() else []
+    return pairs, prompts, held_out
 
-    # LoRA (reference = adapters off) or full fine-tuning (reference = a frozen copy); PPO's value head.
-    lora = None
-    reference = None
-    if cfg.lora_rank:
-        lora = LoraConfig(cfg.lora_rank, cfg.lora_alpha or float(cfg.lora_rank), cfg.lora_dropout,
-                          parse_targets(cfg.lora_targets))
-        apply_lora(policy, lora)
-    else:
-        reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    # Rollouts come from the policy itself in fp32, or from a bf16 copy refreshed before every rollout.
+
+def resume_learner(ckpt_dir: Path, learner: Learner, kl_ctl: AdaptiveKL, setup: dict, is_main: bool) -> int:
+    """--resume: policy, optimizer, RNG, the KL coefficient and PPO's value head; returns the step."""
+    state = resume_checkpoint(ckpt_dir, learner.policy, learner.optimizer, setup, is_main)
+    kl_ctl.value = state["kl_coef"]
+    if learner.head is not None:
+        learner.head.load_state_dict({k.removeprefix("value_head."): v for k, v in state["tensors"].items()})
+    return state["step"]
+
+
+def setup_learner(cfg: RLConfig, policy: ToddlerLM, ddp, device, precision: Precision) -> Learner:
+    """LoRA (reference = adapters off) or full fine-tuning (reference = a frozen copy), the bf16 sampling
+    copy where --dtype is bf16, PPO's value head, and AdamW over everything trained."""
+    lora = lora_from_flags(policy, cfg, alpha_per_rank=1.0)
+    reference = None if lora else copy.deepcopy(policy).eval().requires_grad_(False)
     sampler = None
     if precision.infer_dtype != torch.float32:
         sampler = ToddlerLM(copy.deepcopy(policy.cfg)).to(device).eval().requires_grad_(False)
         for p in sampler.parameters():  # weights only: the rotary tables stay fp32
             p.data = p.data.to(precision.infer_dtype)
-
-    def rollout_model():
-        if sampler is None:
-            return policy
-        copy_policy_weights(sampler, policy)
-        return sampler
-
     head = ValueHead(policy.cfg.hidden_size).to(device) if cfg.algo == "ppo" else None
     trainable = torch.nn.ModuleList([policy] + ([head] if head is not None else []))
     optimizer = make_optimizer(trainable, cfg.lr, cfg.weight_decay, device=device)
+    train_model = wrap_for_training(policy, ddp, device, cfg.compile)
+    return Learner(policy, train_model, reference, head, sampler, trainable, optimizer, lora, precision, device)
+
+
+def step_row(done: int, batch: Scored, stats: dict, reward: CombinedReward, lr: float, precision: Precision,
+             t0: float, elapsed: float) -> dict:
+    """The metrics.jsonl row of one step."""
+    r = batch.rollout
+    return {"step": done, **reward.metrics(batch.components), **stats,
+            "entropy": float(masked_mean(batch.entropy, batch.mask)),
+            "completion_len": batch.mask.sum(1).float().mean().item(),
+            "finished_frac": sum(r.finished) / len(r.finished), "truncated_prompts": r.truncated_prompts,
+            "lr": lr, "dtype": precision.name, "generation_time": batch.generation_time,
+            "step_time": time.time() - t0, "time": elapsed}
+
+
+def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None = None) -> Path:
+    check_config(cfg)
+    ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
+    if cfg.batch_prompts % ddp.world_size:
+        raise ValueError(f"--batch-prompts {cfg.batch_prompts} must be a multiple of the {ddp.world_size} "
+                         "processes (each samples the same number of prompts)")
+    precision = resolve_dtype(cfg.dtype, device)
+    policy = load_model(cfg.model, device)
+    if cfg.max_prompt_len + cfg.max_new_tokens > policy.cfg.max_position_embeddings:
+        raise ValueError(f"--max-prompt-len {cfg.max_prompt_len} + --max-new-tokens {cfg.max_new_tokens} exceeds "
+                         f"the model's context of {policy.cfg.max_position_embeddings} tokens; lower either")
+    tokenizer_dir = setup_tokenizer(cfg, policy, out)
+    tokenizer = load_tokenizer(tokenizer_dir, strict=False)
+    pad_id = tokenizer.token_to_id("<|pad|>") or 0  # padding is masked out: any id works
+
+    reward = build_reward(reward_spec, {"device": cfg.device, **(reward_options or {})})
+    pairs, prompts, held_out = prompt_sets(cfg, out, reward)
+    sampling = SamplingConfig(cfg.format, cfg.system_prompt, cfg.generations, cfg.max_prompt_len,
+                              cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+
+    learner = setup_learner(cfg, policy, ddp, device, precision)
     kl_ctl = AdaptiveKL(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
     setup = {"algo": cfg.algo, "prompts": len(prompts), "reward": reward_spec, "model": cfg.model,
              "lora": cfg.lora_rank, "format": cfg.format, "batch_prompts": cfg.batch_prompts,
              "generations": cfg.generations}
     ckpt_dir = out / "checkpoint"
-    start = 0
-    if cfg.resume:
-        state = resume_checkpoint(ckpt_dir, policy, optimizer, setup, ddp.is_main)
-        start, kl_ctl.value = state["step"], state["kl_coef"]
-        if head is not None:
-            head.load_state_dict({k.removeprefix("value_head."): v for k, v in state["tensors"].items()})
-
-    train_model = wrap_for_training(policy, ddp, device, cfg.compile)
+    resumed_at = resume_learner(ckpt_dir, learner, kl_ctl, setup, ddp.is_main) if cfg.resume else 0
+    print0(describe_run(cfg.algo, cfg.model, policy, learner.lora, f"{len(prompts)} prompts from {pairs}",
+                        f"{cfg.batch_prompts} prompts x {cfg.generations} = {cfg.batch_prompts * cfg.generations} "
+                        "completions/step", f"reward {reward_spec}", f"{cfg.steps} steps, lr {cfg.lr:.3g}",
+                        f"dtype {precision}",
+                        trained=sum(p.numel() for p in learner.trainable.parameters() if p.requires_grad)))
     log = MetricsLog(out, enabled=ddp.is_main)
-    stop = StopFlag()
-    rows = cfg.batch_prompts * cfg.generations
-    if ddp.is_main:
-        n_train = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
-        print(f"{cfg.algo} | model {cfg.model}: {policy.num_parameters() / 1e6:.1f}M parameters, "
-              f"{n_train / 1e6:.2f}M trained ({f'LoRA rank {cfg.lora_rank}' if lora else 'full fine-tuning'}) | "
-              f"{len(prompts)} prompts from {pairs} | {cfg.batch_prompts} prompts x {cfg.generations} = {rows} "
-              f"completions/step | reward {reward_spec} | {cfg.steps} steps, lr {cfg.lr:.3g} | dtype {precision}")
     before = None
-    if held_out and start == 0 and ddp.is_main:
-        before, before_rollout = evaluate_prompts(rollout_model(), tokenizer, reward, held_out, sampling, cfg.seed)
-        log.write(step=0, **{f"eval/{k}": v for k, v in before.items()})
-        print(f"before training, {len(held_out)} held-out prompts: " +
-              ", ".join(f"{k} {v:.4f}" for k, v in before.items() if k.startswith("reward/")))
+    if held_out and resumed_at == 0 and ddp.is_main:
+        before = held_out_rewards(learner, tokenizer, reward, held_out, sampling, cfg, log, 0)
 
     def save(step):
         if ddp.is_main:
+            head = learner.head
             head_tensors = {f"value_head.{k}": v for k, v in head.state_dict().items()} if head else None
-            save_checkpoint(ckpt_dir, policy, optimizer, step,
+            save_checkpoint(ckpt_dir, policy, learner.optimizer, step,
                             {"setup": setup, "kl_coef": kl_ctl.value, "config": asdict(cfg)},
                             tokenizer=tokenizer_dir, extra_tensors=head_tensors)
 
-    progress = Progress(cfg.steps, start, ddp.is_main)
-    my_prompts = cfg.batch_prompts // ddp.world_size
+    progress, stop = Progress(cfg.steps, resumed_at, ddp.is_main), StopFlag()
+    per_process = cfg.batch_prompts // ddp.world_size
     with stop_on_nonfinite(ckpt_dir):
-        for step in range(start, cfg.steps):
+        for step in range(resumed_at, cfg.steps):
             t0 = time.time()
             lr = lr_for(cfg, step)
-            set_lr(optimizer, lr)
-            batch = prompt_batch(prompts, step, cfg.batch_prompts, cfg.seed)
-            batch = batch[ddp.rank * my_prompts:(ddp.rank + 1) * my_prompts]
-            rollout = sample_rollout(rollout_model(), tokenizer, batch, sampling,
-                                     seed=cfg.seed * 100003 + step * 1009 + ddp.rank)
-            t_gen = time.time() - t0
-            comps = reward.components(rollout.prompts, rollout.replies)
-            scores = reward.total(comps)
-            ids, mask = rollout.tensors(pad_id)
-            start = min(map(len, rollout.prompt_ids)) - 1  # positions before it hold no completion token
-            ids, mask = ids.to(device), mask[:, start:].to(device)
-            reuse_old = cfg.algo == "grpo" and cfg.mu == 1
-            old_lp, entropy, old_values, ref_lp = score_rollout(policy, head, reference, ids, cfg, precision, start,
-                                                                old=not reuse_old)
-            stats = {}
+            set_lr(learner.optimizer, lr)
+            mine = prompt_batch(prompts, step, cfg.batch_prompts, cfg.seed)[ddp.rank * per_process:
+                                                                             (ddp.rank + 1) * per_process]
+            batch = rollout_and_score(learner, tokenizer, reward, mine, sampling, cfg,
+                                      cfg.seed * 100003 + step * 1009 + ddp.rank, pad_id)
             if cfg.algo == "grpo":
-                advantages, stats["zero_std_frac"] = group_advantages(scores, cfg.generations, cfg.advantage_scale)
-                advantages = advantages.to(device)
-                n_tokens = mask.sum()
-                for _ in range(cfg.mu):
-                    loss_total, parts, ents = 0.0, [], []
-                    micro = list(range(0, ids.shape[0], cfg.device_batch_size))
-                    for j, s in enumerate(micro):
-                        r = slice(s, s + cfg.device_batch_size)
-                        sync = j == len(micro) - 1 or ddp.world_size == 1
-                        with contextlib.nullcontext() if sync else train_model.no_sync():
-                            with precision.autocast():
-                                lp, ent, _ = forward_passes(train_model, None, ids, r, cfg.chunk_size, start)
-                            ents.append(ent)
-                            old = lp.detach() if reuse_old else old_lp[r]
-                            loss, st = grpo_loss(lp, old, ref_lp[r], advantages[r], mask[r], cfg.clip_eps,
-                                                 cfg.beta, cfg.loss_norm, cfg.max_new_tokens)
-                            weight = mask[r].sum() / n_tokens if cfg.loss_norm == "token" else lp.shape[0] / ids.shape[0]
-                            (loss * weight).backward()
-                        loss_total += float(loss.detach() * weight)
-                        parts.append((float(mask[r].sum()), st))
-                    check_finite(torch.tensor(loss_total), step)
-                    grad_norm = clip_and_step(trainable, optimizer, cfg.grad_clip)
-                w = sum(n for n, _ in parts)
-                stats.update({k: sum(n * st[k] for n, st in parts) / w for k in ("kl", "clip_frac")})
-                stats["loss"] = loss_total
-                if reuse_old:
-                    entropy = torch.cat(ents)
+                stats = grpo_update(learner, batch, cfg, ddp, step)
             else:
-                token_r, penalty = token_rewards(scores.to(device), old_lp, ref_lp, mask.float(), kl_ctl.value,
-                                                 cfg.kl_penalty)
-                advantages, returns = gae(token_r, old_values, mask.float(), cfg.gamma, cfg.lam)
-                seq_kl = ((old_lp - ref_lp) * mask).sum(1).mean()
-                if dist.is_initialized():  # one KL coefficient for every process
-                    dist.all_reduce(seq_kl, op=dist.ReduceOp.AVG)
-                seq_kl = float(seq_kl)
-                sums, count = {}, 0
-                for _ in range(cfg.ppo_epochs):
-                    order = torch.randperm(ids.shape[0])
-                    for s in range(0, ids.shape[0], cfg.mini_batch_size):
-                        r = order[s:s + cfg.mini_batch_size].to(device)
-                        with precision.autocast():
-                            lp, _, values = forward_passes(train_model, head, ids, r, cfg.chunk_size, start, False)
-                        loss, st = ppo_loss(lp, old_lp[r], values, old_values[r], advantages[r], returns[r],
-                                            mask[r], cfg.clip_eps, cfg.clip_value, cfg.vf_coef, cfg.ratio_threshold)
-                        check_finite(loss.detach(), step)
-                        loss.backward()
-                        if dist.is_initialized():  # the value head is outside DDP: average its gradients here
-                            for p in head.parameters():
-                                dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
-                        grad_norm = clip_and_step(trainable, optimizer, cfg.grad_clip)
-                        for k, v in {**st, "loss": loss.item()}.items():
-                            sums[k] = sums.get(k, 0.0) + v
-                        count += 1
-                stats = {k: v / count for k, v in sums.items()}
-                stats.update(kl=float(masked_mean(old_lp - ref_lp, mask)), kl_sequence=seq_kl, kl_coef=kl_ctl.value)
-                kl_ctl.update(seq_kl, rows)
+                stats = ppo_update(learner, batch, cfg, kl_ctl, step)
             done = step + 1
-            completion_len = mask.sum(1).float().mean().item()
-            row = {"step": done, **reward.metrics(comps), **stats, "entropy": float(masked_mean(entropy, mask)),
-                   "completion_len": completion_len, "finished_frac": sum(rollout.finished) / len(rollout.finished),
-                   "truncated_prompts": rollout.truncated_prompts, "grad_norm": grad_norm, "lr": lr,
-                   "dtype": precision.name, "generation_time": t_gen, "step_time": time.time() - t0, "time": progress.elapsed}
+            row = step_row(done, batch, stats, reward, lr, precision, t0, progress.elapsed)
             progress.update(reward=f"{row['reward/total']:.3f}", kl=f"{row['kl']:.3f}")
             if due(done, cfg.log_every, cfg.steps):
                 log.write(**row)
-                progress.log(done, reward=row["reward/total"], kl=row["kl"], len=completion_len, lr=lr,
-                             sampling_s=t_gen)
+                progress.log(done, reward=row["reward/total"], kl=row["kl"], len=row["completion_len"], lr=lr,
+                             sampling_s=batch.generation_time)
             if cfg.sample_every > 0 and done % cfg.sample_every == 0 and ddp.is_main:
-                show(rollout, scores, cfg.generations)
+                show(batch.rollout, batch.scores, cfg.generations)
             if save_or_stop(done, cfg.steps, cfg.save_every, stop, save, progress, ddp.is_main, out):
                 return ckpt_dir
     progress.close()
-    final = out / "final"
     if ddp.is_main:
         if held_out:
-            after, after_rollout = evaluate_prompts(rollout_model(), tokenizer, reward, held_out, sampling, cfg.seed)
-            log.write(step=cfg.steps, **{f"eval/{k}": v for k, v in after.items()})
-            print(f"after training, {len(held_out)} held-out prompts: " +
-                  ", ".join(f"{k} {v:.4f}" + (f" (before {before[k]:.4f})" if before else "")
-                            for k, v in after.items() if k.startswith("reward/")))
-            for i in range(min(5, len(held_out))):
-                was = f"   (before: {before_rollout.replies[i]!r})" if before else ""
-                print(f"  caregiver: {held_out[i]!r}\n  toddler:   {after_rollout.replies[i]!r}{was}")
-        export_final(policy, lora, out, tokenizer_dir)
-        print(f"done: {cfg.steps - start} steps in {progress.elapsed:.0f}s | model: {final}"
-              + (f" | adapter: {out / 'adapter'}" if lora else "") + f" | metrics: {out / 'metrics.jsonl'}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return final
+            held_out_rewards(learner, tokenizer, reward, held_out, sampling, cfg, log, cfg.steps, before)
+        export_final(policy, learner.lora, out, tokenizer_dir)
+        print(f"done: {cfg.steps - resumed_at} steps in {progress.elapsed:.0f}s | {written(out, learner.lora)}")
+    end_run()
+    return out / "final"
 
 
-def clip_and_step(module, optimizer, grad_clip: float) -> float:
-    """Clip the gradient norm (0 = no clipping; the norm is still measured), step, and zero the grads."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf).item()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm
+def held_out_rewards(learner: Learner, tokenizer, reward, held_out: list[str], sampling: SamplingConfig,
+                     cfg: RLConfig, log: MetricsLog, step: int, before: tuple[dict, Rollout] | None = None
+                     ) -> tuple[dict, Rollout]:
+    """The rewards of one reply per held-out prompt (the same seed every time), logged as eval/* at `step`
+    and printed; after training (step > 0) beside those before (unless resumed), with a few replies."""
+    rewards, rollout = evaluate_prompts(learner.rollout_model(), tokenizer, reward, held_out, sampling, cfg.seed)
+    log.write(step=step, **{f"eval/{k}": v for k, v in rewards.items()})
+    print(f"{'after' if step else 'before'} training, {len(held_out)} held-out prompts: " +
+          ", ".join(f"{k} {v:.4f}" + (f" (before {before[0][k]:.4f})" if before else "")
+                    for k, v in rewards.items() if k.startswith("reward/")))
+    for i in range(min(5, len(held_out)) if step else 0):
+        was = f"   (before: {before[1].replies[i]!r})" if before else ""
+        print(f"  caregiver: {held_out[i]!r}\n  toddler:   {rollout.replies[i]!r}{was}")
+    return rewards, rollout
+
+
+def check_config(cfg: RLConfig) -> None:
+    """One-line errors for what can be checked before anything loads; the format's canonical name."""
+    if cfg.algo not in ALGOS:
+        raise SystemExit(f"error: --algo must be one of {', '.join(ALGOS)}, got {cfg.algo!r}")
+    if cfg.algo == "dpo":
+        raise SystemExit("error: DPO has its own flags: run `python train_dpo.py ...` (or `python train_rl.py "
+                         "--algo dpo ...`), or call train_dpo.main(DPOConfig(...))")
+    require_model_dir(cfg.model, "an SFT'd model directory", "train one with train_sft.py")
+    cfg.format = check_format(cfg.format)
 
 
 def parse_args(argv=None) -> tuple[RLConfig, str, dict]:
+    """The config, the reward spec and the reward options; `--algo ppo` starts from PPO_DEFAULTS."""
     parser = config_parser(RLConfig, __doc__)
     add_reward_flags(parser)
+    algo = argparse.ArgumentParser(add_help=False)
+    algo.add_argument("--algo")
+    if algo.parse_known_args(argv)[0].algo == "ppo":  # before --help, so that it shows PPO's defaults
+        parser.set_defaults(**PPO_DEFAULTS)
     args = parser.parse_args(argv)
     return config_from_args(RLConfig, args), args.reward, options_from_args(args)
 
 
 def cli(argv: list[str]) -> Path:
-    """`--algo dpo` hands the other flags to the DPO loop (minitoddler/rl/train_dpo.py); else GRPO/PPO."""
+    """`--algo dpo` hands the other flags to train_dpo.py (older commands); else GRPO/PPO."""
     for i, arg in enumerate(argv):
         if arg == "--algo=dpo" or (arg == "--algo" and argv[i + 1:i + 2] == ["dpo"]):
             rest = argv[:i] + argv[i + (1 if "=" in arg else 2):]

@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import train_dpo  # noqa: E402
 from minitoddler.checkpoint import model_from_arg, save_model  # noqa: E402
-from minitoddler.rl import train_dpo  # noqa: E402
 from minitoddler.rl.prefs import read_prefs  # noqa: E402
 from minitoddler import teacher  # noqa: E402
 from minitoddler.tokenizer import train_tokenizer  # noqa: E402

@@ -27,9 +27,10 @@ from minitoddler.config import preset
 from minitoddler.evals.minimal_pairs import evaluate_pairs, first_per_paradigm, load_pairs
 from minitoddler.model import ToddlerLM
 from minitoddler.tokenizer import load_tokenizer, train_tokenizer
-from minitoddler.trainer import autocast, pick_device
+from minitoddler.precision import autocast, pick_device
 
 
+# Each field's comment is its --help text (minitoddler/cli.py).
 @dataclass
 class BenchConfig:
     models: list = field(default_factory=lambda: ["tiny", "toddler-155m"])

@@ -45,7 +45,8 @@ from minitoddler.checkpoint import model_from_arg, save_model  # noqa: E402
 from minitoddler.data.prepare import SAMPLE_DIR  # noqa: E402
 from minitoddler.rewards.combine import CombinedReward  # noqa: E402
 from minitoddler.rewards.length import LengthModel, child_utterances, word_count  # noqa: E402
-from minitoddler.rl.prompts import bundled_pairs, load_prompts, prompt_batch, prompt_file  # noqa: E402
+from minitoddler.rl.prompts import load_prompts, prompt_batch, prompt_file  # noqa: E402
+from minitoddler.startup import bundled_data  # noqa: E402
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, train_tokenizer  # noqa: E402
 from minitoddler.trainer import MetricsLog  # noqa: E402
 
@@ -85,7 +86,7 @@ def timing(obj, name: str, times: list, clock=time.perf_counter):
 def setup(work: Path, model: str, n_prompts: int, steps: int, seed: int) -> dict:
     """Model directory (random weights, BPE from the bundled pairs, ChatML template), pairs directory,
     length fit, and the caregiver lines our run will draw in its first `steps` steps."""
-    pairs = bundled_pairs(work / "data")
+    pairs = bundled_data(work / "data", "pairs")
     rows = [json.loads(x) for x in (pairs / "train.jsonl").read_text().splitlines() if x.strip()]
     model_dir = Path(model)
     if not model_dir.is_dir():
@@ -155,7 +156,7 @@ def trl(env: dict, work: Path, args) -> dict:
     length = LengthReward(LengthModel.load(env["length_fit"]))
 
     def length_reward(prompts, completions, **kw):
-        # Our rollouts score the reply cut at its first line break (evals.generation.clean_reply); so here.
+        # Our rollouts score the reply cut at its first line break (formats.decode_reply, one_line); so here.
         replies = [c[0]["content"].split("\n")[0].strip() for c in completions]
         return length.score(prompts, replies).tolist()
 

@@ -34,12 +34,13 @@ from minitoddler.data.chat import read_chat
 from minitoddler.model import ToddlerLM
 from minitoddler.serve import ServeConfig, make_server
 from minitoddler.tokenizer import train_tokenizer
-from minitoddler.trainer import pick_device
+from minitoddler.precision import pick_device
 
 LINES = ["what is that?", "do you want more apple juice", "where did the doggy go?", "look at the big red bus",
          "is it bath time now", "shall we read a book", "what does the cow say?", "are you hungry"]
 
 
+# Each field's comment is its --help text (minitoddler/cli.py).
 @dataclass
 class BenchConfig:
     models: list = field(default_factory=lambda: ["tiny", "toddler-155m"])

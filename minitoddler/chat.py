@@ -3,11 +3,11 @@
     python -m minitoddler.chat --model runs/sft/final
     printf 'hi sweetie\\nwhat is that\\n/quit\\n' | python -m minitoddler.chat --model runs/sft/final
 
-Two prompt formats. "chat": ChatML (our SFT models, SmolLM2-Instruct), a system prompt first and each
-caregiver line as a user turn `Caregiver: …` (design.md). "dialogue": CHAT speaker lines, `*MOT: …` /
-`*CHI: …`, for llamalogue-style models that have no chat template. The history is kept within the
+Two prompt formats (formats.py). "chatml": our SFT models, SmolLM2-Instruct, a system prompt first and
+each caregiver line as a user turn `Caregiver: …` (design.md). "dialogue": CHAT speaker lines, `*MOT: …`
+/ `*CHI: …`, for llamalogue-style models that have no chat template. The history is kept within the
 context window: the oldest turns are dropped first, never the system prompt. `/reset` starts over,
-`/quit` (or end of input) ends. The rendering, decoding and study log here are shared with serve.py.
+`/quit` (or end of input) ends. The history fitting and study log here are shared with serve.py.
 """
 from __future__ import annotations
 
@@ -19,25 +19,23 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .checkpoint import load_model
-from .chatml import render_chat
 from .cli import parse_config, run
-from .evals.generation import clean_reply, stop_ids
+from .formats import USER_PREFIX, check_format, decode_reply, first_id, render_conversation, stop_ids
 from .generate import generate
+from .precision import pick_device
 from .tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
-from .trainer import pick_device
-
-FORMATS = ("chat", "dialogue")
 
 
+# Each field's comment is its --help text (minitoddler/cli.py).
 @dataclass
 class ChatConfig:
     model: str = ""                            # model directory (HF Llama layout with tokenizer.json)
-    format: str = "chat"                       # chat (ChatML) | dialogue (*MOT:/*CHI: lines)
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # chat format only; "" for none
-    user_prefix: str = "Caregiver: "           # put before each caregiver line (chat format), as in SFT
+    format: str = "chatml"                     # chatml | dialogue (*MOT:/*CHI: lines)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # chatml only; "" for none
+    user_prefix: str = USER_PREFIX             # put before each caregiver line (chatml), as in SFT
     temperature: float = 0.7                   # 0 = greedy
     top_p: float = 0.9
-    top_k: int = 0                             # 0 = off
+    top_k: int = 0                             # sample among the k most likely tokens only; 0 = off
     max_new_tokens: int = 32
     seed: int = -1                             # -1: unseeded; else turn i samples with seed + i
     device: str = "auto"
@@ -50,33 +48,8 @@ def load(model_dir: str, device: str = "auto"):
     return model, load_tokenizer(model_dir, strict=False)
 
 
-def first_id(value) -> int | None:
-    return value[0] if isinstance(value, list) else value
-
-
-def reply_stops(model, tokenizer, fmt: str) -> list[int]:
-    """Tokens that end a reply: EOS, and <|im_end|> (chat) or any token with a line break (dialogue)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    return stop_ids(tokenizer, fmt, model.cfg.eos_token_id)
-
-
-def render_messages(tokenizer, messages: list[dict], fmt: str, bos_id: int | None = None,
-                    user_prefix: str = "Caregiver: ") -> list[int]:
-    """Token ids that ask for the next assistant reply to `messages` (role/content dicts)."""
-    if fmt == "chat":
-        messages = [{"role": m["role"], "content": user_prefix + m["content"]
-                     if m["role"] == "user" and not m["content"].startswith(user_prefix) else m["content"]}
-                    for m in messages]
-        return render_chat(tokenizer, messages, add_generation_prompt=True, default_system=None).ids
-    lines = [f"*{'MOT' if m['role'] == 'user' else 'CHI'}: {m['content']}" for m in messages
-             if m["role"] != "system"]  # a transcript has no place for a system prompt
-    ids = tokenizer.encode("\n".join(lines + ["*CHI:"]), add_special_tokens=False).ids
-    return ([bos_id] if bos_id is not None else []) + list(ids)
-
-
 def fit_prompt(tokenizer, messages: list[dict], fmt: str, room: int, bos_id: int | None = None,
-               user_prefix: str = "Caregiver: ") -> tuple[list[int], int]:
+               user_prefix: str = USER_PREFIX) -> tuple[list[int], int]:
     """The prompt ids for `messages` in at most `room` tokens, and how many messages were dropped for it.
 
     Leading system messages always stay; the oldest other turns go first (a conversation never starts
@@ -87,7 +60,7 @@ def fit_prompt(tokenizer, messages: list[dict], fmt: str, room: int, bos_id: int
         head += 1
     turns = list(messages[head:])
     while True:
-        ids = render_messages(tokenizer, messages[:head] + turns, fmt, bos_id, user_prefix)
+        ids = render_conversation(tokenizer, messages[:head] + turns, fmt, bos_id, user_prefix)
         if len(ids) <= room:
             return ids, len(messages) - head - len(turns)
         if len(turns) <= 1:
@@ -97,13 +70,6 @@ def fit_prompt(tokenizer, messages: list[dict], fmt: str, room: int, bos_id: int
         turns.pop(0)
         while len(turns) > 1 and turns[0]["role"] == "assistant":
             turns.pop(0)
-
-
-def reply_text(tokenizer, ids: list[int], fmt: str) -> str:
-    """A completion's text: special tokens dropped; in the dialogue format, the rest of the *CHI: line."""
-    if fmt == "dialogue":
-        return clean_reply(tokenizer, ids)
-    return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 class StudyLog:
@@ -128,12 +94,13 @@ def main(argv=None) -> None:
     if not cfg.model:
         sys.exit("--model DIR is required: a model directory such as runs/sft/final")
     model, tokenizer = load(cfg.model, cfg.device)
-    stops = reply_stops(model, tokenizer, cfg.format)  # refuses the chat format without <|im_end|>
+    cfg.format = check_format(cfg.format)
+    stops = stop_ids(tokenizer, cfg.format, model.cfg.eos_token_id)  # refuses chatml without <|im_end|>
     bos = first_id(model.cfg.bos_token_id)
     context = model.cfg.max_position_embeddings
     max_new = min(cfg.max_new_tokens, context - 1)
     log = StudyLog(cfg.log) if cfg.log else None
-    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt and cfg.format == "chat" else []
+    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt and cfg.format == "chatml" else []
     history = list(system)
     interactive = sys.stdin.isatty()
     print(f"{cfg.model}: format {cfg.format}, context {context} tokens. Type a caregiver line; "
@@ -169,7 +136,7 @@ def main(argv=None) -> None:
         start = time.time()
         out = generate(model, [ids], max_new, temperature=cfg.temperature, top_k=cfg.top_k or None,
                        top_p=cfg.top_p, stop_ids=stops, seed=seed)[0]
-        reply = reply_text(tokenizer, out, cfg.format)
+        reply = decode_reply(tokenizer, out, cfg.format)
         history.append({"role": "assistant", "content": reply})
         print(f"toddler: {reply}", flush=True)
         if log:

@@ -1,5 +1,4 @@
-"""ChatML rendering with an assistant-only loss mask, replies in the chat format, and adding the ChatML
-tokens to a base model.
+"""ChatML rendering with an assistant-only loss mask, and adding the ChatML tokens to a base model.
 
 The format is SmolLM2-Instruct's (design.md): every message is `<|im_start|>{role}\\n{content}<|im_end|>\\n`,
 a conversation without a system message gets the template's default one in front, and the generation
@@ -18,7 +17,6 @@ import torch
 from tokenizers import AddedToken, Tokenizer
 from torch import nn
 
-from .generate import generate
 from .tokenizer import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, IM_END, IM_START, load_tokenizer
 
 ROLES = ("system", "user", "assistant")
@@ -79,21 +77,6 @@ def render_chat(tokenizer: Tokenizer, messages: list[dict], add_generation_promp
                 raise ValueError(f"token {tokenizer.id_to_token(ids[t])!r} crosses a message boundary in "
                                  f"{text!r}; this tokenizer merges across ChatML markup")
     return RenderedChat(ids, mask, message, text)
-
-
-def child_replies(model, tokenizer: Tokenizer, caregiver_lines: list[str],
-                  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, max_new_tokens: int = 24, **sampling) -> list[str]:
-    """The model's replies to caregiver lines in the toddler chat format, cut at <|im_end|> (greedy
-    unless `sampling` passes temperature / top_k / top_p / seed on to `generate`)."""
-    im_end = tokenizer.token_to_id(IM_END)
-    prompts = [render_chat(tokenizer, caregiver_chat(line, None, system_prompt), add_generation_prompt=True,
-                           default_system=None).ids for line in caregiver_lines]
-    room = model.cfg.max_position_embeddings - max(map(len, prompts))
-    if room < 1:
-        raise ValueError(f"a caregiver line with its chat markup fills the model's whole context "
-                         f"({model.cfg.max_position_embeddings} tokens)")
-    out = generate(model, prompts, max_new_tokens=min(max_new_tokens, room), stop_ids=[im_end], **sampling)
-    return [tokenizer.decode([t for t in o if t != im_end]).strip() for o in out]
 
 
 def template_system_prompt(tokenizer_dir: str | Path) -> str | None:

@@ -1,6 +1,7 @@
 """Batched sampling with a KV cache: greedy, temperature, top-k, top-p, stop tokens, seeded.
 
-Used by chat, evaluation and the RL rollouts. Prompts of different lengths are left-padded so that
+Used by chat, evaluation and the RL rollouts; `generate_replies` puts caregiver lines to the model in
+either prompt format (formats.py) and returns the decoded replies. Prompts of different lengths are left-padded so that
 every row's next token sits in the same column; the attention mask hides the padding and the
 positions count real tokens only, so a padded row computes what it would compute alone.
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from .formats import check_format, decode_reply, first_id, prompt_ids, stop_ids
 from .model import KVCache, ToddlerLM
+from .tokenizer import DEFAULT_SYSTEM_PROMPT
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -95,3 +98,25 @@ def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, te
         end = next((j + 1 for j, t in enumerate(row) if t in stop_ids), len(row))
         completions.append(row[:end])
     return completions
+
+
+def generate_replies(model: ToddlerLM, tokenizer, lines: list[str], fmt: str = "chatml",
+                     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, max_new_tokens: int = 24,
+                     batch_size: int = 32, seed: int | None = None, one_line: bool = False, **sampling) -> list[str]:
+    """The model's reply to each caregiver line (formats.decode_reply), in `batch_size` rows per `generate`
+    call: greedy unless `sampling` passes temperature / top_k / top_p on; a batch starting at row i
+    samples with seed + i."""
+    fmt = check_format(fmt)
+    bos = first_id(model.cfg.bos_token_id)
+    stops = stop_ids(tokenizer, fmt, model.cfg.eos_token_id)
+    replies = []
+    for start in range(0, len(lines), batch_size):
+        batch = [prompt_ids(tokenizer, line, fmt, system_prompt, bos) for line in lines[start:start + batch_size]]
+        room = model.cfg.max_position_embeddings - max(map(len, batch))
+        if room < 1:
+            raise ValueError(f"a caregiver line in the {fmt} format fills the model's whole context "
+                             f"({model.cfg.max_position_embeddings} tokens)")
+        out = generate(model, batch, min(max_new_tokens, room), stop_ids=stops,
+                       seed=None if seed is None else seed + start, **sampling)
+        replies += [decode_reply(tokenizer, ids, fmt, one_line) for ids in out]
+    return replies

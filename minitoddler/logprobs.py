@@ -1,10 +1,17 @@
 """Log-probabilities of given tokens under a model: the one piece that evaluation (minimal pairs),
-rewards (teacher confidence) and the RL losses (GRPO, PPO, DPO) all need."""
+rewards (teacher confidence) and the RL losses (GRPO, PPO, DPO) all need. `token_logprobs` is the plain
+version; `logprobs_from_hidden` / `completion_logprobs` are the training ones, which never hold all of a
+batch's logits at once."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
+from .distributed import unwrap
 from .model import ToddlerLM
+
+REMAT_ABOVE = 2 ** 24  # logits elements (B x T x vocab, 64 MB in fp32) above which chunks are recomputed in backward
 
 
 def token_logprobs(model: ToddlerLM, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -56,3 +63,55 @@ def sequence_logprobs(model: ToddlerLM, prefixes: list[list[int]], continuations
         totals[rows] = (lp * scored).sum(-1)
     model.train(was_training)
     return totals
+
+
+def _chunk_logprobs(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor, entropy: bool):
+    logits = F.linear(hidden, weight).float()
+    lse = logits.logsumexp(-1)
+    logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - lse
+    if not entropy:
+        return logprobs, None
+    with torch.no_grad():  # a metric only; the recompute in backward stops before it (checkpoint early stop)
+        ent = lse - (torch.exp(logits - lse[..., None]) * logits).sum(-1)
+    return logprobs, ent
+
+
+def logprobs_from_hidden(lm_head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor,
+                         chunk_size: int = 64, start: int = 0, entropy: bool = True
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log p(ids[:, t+1] | ids[:, :t+1]) for t >= start and (if `entropy`) the entropy of
+    that next-token distribution (detached), both (B, T-1-start) float32, from final hidden states
+    (B, T, H). `start` skips positions that hold no completion token (the shortest prompt's length - 1):
+    their logits would cost as much and be masked out. The logits exist for `chunk_size` positions at
+    a time; under autograd each chunk is recomputed in the backward pass instead of kept (activation
+    checkpointing) once B x T x vocab exceeds REMAT_ABOVE, so large batches never hold all their logits."""
+    hidden, targets = hidden[:, start:-1], ids[:, start + 1:]
+    # Small batches keep their logits for the backward pass: recomputing them would cost more than it saves.
+    remat = torch.is_grad_enabled() and hidden.shape[0] * hidden.shape[1] * lm_head.weight.shape[0] > REMAT_ABOVE
+    lps, ents = [], []
+    for s in range(0, hidden.shape[1], chunk_size):
+        args = (lm_head.weight, hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size], entropy)
+        if remat:
+            lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logprobs(*args)
+        lps.append(lp)
+        ents.append(ent)
+    return torch.cat(lps, 1), (torch.cat(ents, 1) if entropy else None)
+
+
+def completion_logprobs(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                        chunk_size: int = 64) -> torch.Tensor:
+    """(B, T) ids -> (B, T-1) fp32 log-probs of each next token, chunked (see `logprobs_from_hidden`).
+    Keeps the graph when grad is enabled. `model` may be wrapped (DDP/compile): its forward is called
+    with hidden_only=True and the plain model's lm_head is applied."""
+    hidden = model(ids, attention_mask=attention_mask, hidden_only=True)
+    return logprobs_from_hidden(unwrap(model).lm_head, hidden, ids, chunk_size)[0]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    """Mean of `values` where mask is 1 (over everything, or along `dim`)."""
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)

@@ -27,8 +27,9 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .chat import FORMATS, StudyLog, first_id, fit_prompt, load, reply_stops, reply_text
+from .chat import StudyLog, fit_prompt, load
 from .cli import parse_config, run
+from .formats import USER_PREFIX, check_format, decode_reply, first_id, stop_ids
 from .generate import generate
 from .tokenizer import DEFAULT_SYSTEM_PROMPT
 
@@ -36,6 +37,7 @@ PAGE = Path(__file__).with_name("static") / "chat.html"
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
+# Each field's comment is its --help text (minitoddler/cli.py).
 @dataclass
 class ServeConfig:
     model: str = ""                            # model directory (HF Llama layout with tokenizer.json)
@@ -44,9 +46,9 @@ class ServeConfig:
     port: int = 8000                           # 0 picks a free port (printed at start)
     api_key: str = ""                          # if set, /v1/* needs `Authorization: Bearer KEY`
     log: str = ""                              # append every exchange to this JSONL file
-    format: str = "chat"                       # chat (ChatML) | dialogue (*MOT:/*CHI: lines)
+    format: str = "chatml"                     # chatml | dialogue (*MOT:/*CHI: lines)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT  # added when a conversation has none ("" for none)
-    user_prefix: str = "Caregiver: "           # put before each user turn (chat format), as in SFT
+    user_prefix: str = USER_PREFIX             # put before each user turn (chatml), as in SFT
     temperature: float = 0.7                   # defaults for requests that do not say
     top_p: float = 0.9
     default_max_tokens: int = 48    # max_tokens of a request that does not set it
@@ -114,7 +116,7 @@ class Engine:
 
     def __init__(self, model, tokenizer, fmt: str, max_batch: int = 32, batch_wait_ms: float = 5.0):
         self.model, self.tokenizer, self.fmt = model, tokenizer, fmt
-        self.stops = frozenset(reply_stops(model, tokenizer, fmt))
+        self.stops = frozenset(stop_ids(tokenizer, fmt, model.cfg.eos_token_id))
         self.context = model.cfg.max_position_embeddings
         self.max_batch, self.batch_wait = max_batch, batch_wait_ms / 1000
         self.queue: queue.Queue = queue.Queue()
@@ -172,7 +174,7 @@ class Engine:
             row.finish = "stop"
             return
         row.ids.append(token)
-        text, stopped = cut_at_stop(reply_text(self.tokenizer, row.ids, self.fmt), row.job.stop)
+        text, stopped = cut_at_stop(decode_reply(self.tokenizer, row.ids, self.fmt), row.job.stop)
         if stopped:
             row.finish = "stop"
         elif row.produced >= row.job.max_tokens:
@@ -205,7 +207,7 @@ class Engine:
         for job in batch:
             choices = []
             for row in (r for r in rows if r.job is job):
-                text, stopped = cut_at_stop(reply_text(self.tokenizer, row.ids, self.fmt), job.stop)
+                text, stopped = cut_at_stop(decode_reply(self.tokenizer, row.ids, self.fmt), job.stop)
                 choices.append({"text": text, "finish_reason": "stop" if stopped else row.finish or "length",
                                 "tokens": row.produced, "sent": row.sent})
             job.events.put(("done", {"choices": choices, "prompt_tokens": len(job.prompt),
@@ -305,7 +307,7 @@ class Server(ThreadingHTTPServer):
             raise ApiError(400, f"'stream_options' must be an object, got {options!r:.200}", "invalid_type",
                            "stream_options")
         rendered = messages
-        if cfg.format == "chat" and cfg.system_prompt and messages[0]["role"] != "system":
+        if cfg.format == "chatml" and cfg.system_prompt and messages[0]["role"] != "system":
             rendered = [{"role": "system", "content": cfg.system_prompt}, *messages]
         try:
             prompt, _ = fit_prompt(self.engine.tokenizer, rendered, cfg.format, self.engine.context - max_tokens,
@@ -499,8 +501,7 @@ class Handler(BaseHTTPRequestHandler):
 def make_server(cfg: ServeConfig, model=None, tokenizer=None) -> Server:
     """A server bound to cfg.host:cfg.port (not yet serving: call serve_forever), loading cfg.model
     unless a model and tokenizer are given."""
-    if cfg.format not in FORMATS:
-        raise ValueError(f"--format must be one of {FORMATS}, got {cfg.format!r}")
+    cfg.format = check_format(cfg.format)
     if model is None:
         if not cfg.model:
             raise ValueError("--model DIR is required: a model directory such as runs/sft/final")

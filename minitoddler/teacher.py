@@ -39,12 +39,14 @@ from tqdm import tqdm
 
 from .checkpoint import load_model
 from .cli import parse_config, run
+from .formats import dialogue_text, id_list
 from .generate import generate
 from .rewards.references import prompt_key
 from .rewards.teacher import TeacherReward
 from .rl.prefs import json_rows
+from .precision import pick_device
 from .tokenizer import load_tokenizer
-from .trainer import format_duration, pick_device
+from .trainer import format_duration
 
 INSTRUCTION = ("You are a young child having a conversation with your mother. When your mother says something, "
                "you should answer as a typical and natural-sounding child. Do NOT repeat her words. Instead, "
@@ -52,11 +54,12 @@ INSTRUCTION = ("You are a young child having a conversation with your mother. Wh
 _TAG = re.compile(r"^\s*\*?[A-Z]{3}:\s*")
 
 
+# Each field's comment is its --help text (minitoddler/cli.py).
 @dataclass
 class TeacherConfig:
     model: str = ""               # causal LM directory (HF Llama layout with tokenizer.json)
     data: str = ""                # caregiver prompts: text file, or JSON/JSONL rows with "prompt"
-    out: str = "teacher.jsonl"
+    out: str = "teacher.jsonl"    # JSONL file the answers are appended to (a rerun continues it)
     answers: int = 10             # answers per prompt
     instruction: str = INSTRUCTION  # "" = none
     template: str = "auto"        # auto (the model's chat template if it has one) | chat | dialogue
@@ -115,7 +118,7 @@ def render_prompt(template: str | None, config: dict, prompt: str, instruction: 
     with template None, the dialogue format."""
     line = prompt_key(prompt)
     if template is None:
-        return (f"{instruction}\n" if instruction else "") + f"*MOT: {line}\n*CHI:"
+        return (f"{instruction}\n" if instruction else "") + dialogue_text(line)
     from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -144,8 +147,7 @@ def first_utterance(text: str) -> str:
 
 def stop_ids_of(model, tokenizer) -> list[int]:
     """End-of-turn tokens: the config's EOS id(s) and the chat end markers the vocabulary has."""
-    eos = model.cfg.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    ids = set(id_list(model.cfg.eos_token_id))
     for token in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>"):
         if tokenizer.token_to_id(token) is not None:
             ids.add(tokenizer.token_to_id(token))

@@ -63,10 +63,10 @@ def build(a) -> tuple[list[Need], list[Stage]]:
               ["10 answers of up to 20 tokens per caregiver prompt from a 3B model; resumable"]),
         Stage("synthetic-pairs", ["-m", "minitoddler.rl.prefs", "--teacher", refs, "--children", pairs,
                                   "--out", str(w / "synthetic.jsonl")], str(w / "synthetic.jsonl"), "~1 min", "same"),
-        Stage("dpo-naturalistic", ["-m", "minitoddler.rl.train_dpo", "--model", pre, "--data",
+        Stage("dpo-naturalistic", ["train_dpo.py", "--model", pre, "--data",
                                    str(w / "prepared" / "prefs"), "--out", str(w / "dpo-naturalistic"), *dev],
               str(w / "dpo-naturalistic" / "final" / "model.safetensors"), "~1 day (estimate)", "~5 min (estimate)"),
-        Stage("dpo-synthetic", ["-m", "minitoddler.rl.train_dpo", "--model", pre, "--data", str(w / "synthetic.jsonl"),
+        Stage("dpo-synthetic", ["train_dpo.py", "--model", pre, "--data", str(w / "synthetic.jsonl"),
                                 "--out", str(w / "dpo-synthetic"), *dev],
               str(w / "dpo-synthetic" / "final" / "model.safetensors"), "~1 day (estimate)", "~5 min (estimate)"),
     ]

@@ -17,7 +17,7 @@ from minitoddler.checkpoint import save_model
 from minitoddler.config import ModelConfig
 from minitoddler.model import ToddlerLM
 from minitoddler.chatml import caregiver_chat, render_chat
-from minitoddler.evals.generation import clean_reply
+from minitoddler.formats import decode_reply
 from minitoddler.generate import generate
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, IM_END, IM_START
 from tiny_chat_model import make_model_dir
@@ -65,9 +65,9 @@ def test_dialogue_format_and_end_of_input(model_dir):
     model, tok = load(str(model_dir), "cpu")
     stops = [i for i in range(tok.get_vocab_size()) if "\n" in tok.decode([i], skip_special_tokens=False)] + [0]
     bos = [model.cfg.bos_token_id]
-    first = clean_reply(tok, greedy(model, tok, bos + tok.encode("*MOT: hello\n*CHI:", add_special_tokens=False).ids, stops))
-    second = clean_reply(tok, greedy(model, tok, bos + tok.encode(f"*MOT: hello\n*CHI: {first}\n*MOT: bye bye\n*CHI:", add_special_tokens=False).ids,
-                                     stops))
+    first = decode_reply(tok, greedy(model, tok, bos + tok.encode("*MOT: hello\n*CHI:", add_special_tokens=False).ids, stops), "dialogue")
+    second = decode_reply(tok, greedy(model, tok, bos + tok.encode(f"*MOT: hello\n*CHI: {first}\n*MOT: bye bye\n*CHI:", add_special_tokens=False).ids,
+                                      stops), "dialogue")
     assert r.stdout == f"toddler: {first}\ntoddler: {second}\n"
 
 

@@ -15,7 +15,7 @@ from minitoddler.cli import config_parser, field_help, run
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ["train_pretrain.py", "train_sft.py", "train_rl.py", "eval.py", "bench.py", "demo.py",
-           "minitoddler.chat", "minitoddler.serve", "minitoddler.teacher", "minitoddler.rl.train_dpo",
+           "minitoddler.chat", "minitoddler.serve", "minitoddler.teacher", "train_dpo.py",
            "minitoddler.rl.prefs", "minitoddler.data.prepare", "minitoddler.data.shards",
            "minitoddler.evals.lexical", "minitoddler.rewards.clarity", "minitoddler.rewards.length",
            "minitoddler.rewards.score", "minitoddler.rewards.train"]

@@ -13,15 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import train_dpo
 from minitoddler.checkpoint import load_model, save_model
 from minitoddler.cli import parse_config
 from minitoddler.config import preset
+from minitoddler.formats import render_exchange
 from minitoddler.logprobs import token_logprobs
 from minitoddler.model import ToddlerLM
-from minitoddler.rl import train_dpo
-from minitoddler.rl.dpo import dpo_loss, pair_logprobs, sequence_logprobs
+from minitoddler.rl.dpo import dpo_loss, pair_logprobs, reply_logprobs
 from minitoddler.rl.prefs import Pref, load_prefs, read_prefs, split_prefs
-from minitoddler.rl.rollout import render_exchange
 from minitoddler.sft import stage_batch
 from minitoddler.tokenizer import load_tokenizer, train_tokenizer
 
@@ -47,8 +47,8 @@ def test_losses_match_hand_computation():
     # IPO averages the reply tokens' log-probs; the others sum them. The mask marks tokens, lp their targets.
     lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]])
     mask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 0]])
-    assert sequence_logprobs(lp, mask, "sigmoid").tolist() == [-5.0, -1.0]
-    assert sequence_logprobs(lp, mask, "ipo").tolist() == [-2.5, -0.5]
+    assert reply_logprobs(lp, mask, "sigmoid").tolist() == [-5.0, -1.0]
+    assert reply_logprobs(lp, mask, "ipo").tolist() == [-2.5, -0.5]
 
 
 def real_prefs(shared_data, n):
@@ -233,10 +233,10 @@ def test_two_process_ddp_matches_one_process(setup, tmp_path):
     common = ["--model", str(base), "--data", str(data), "--device", "cpu", "--batch-size", "8",
               "--device-batch-size", "2", "--steps", "3", "--lr", "2e-3", "--eval-every", "3", "--dtype", "fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-m", "minitoddler.rl.train_dpo", *common, "--out", str(tmp_path / "one")],
+    subprocess.run([sys.executable, str(REPO / "train_dpo.py"), *common, "--out", str(tmp_path / "one")],
                    env=env, check=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29561",
-                    "-m", "minitoddler.rl.train_dpo", *common, "--out", str(tmp_path / "two")],
+                    str(REPO / "train_dpo.py"), *common, "--out", str(tmp_path / "two")],
                    env=env, check=True, capture_output=True)
     rows = {run: [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
             for run in ("one", "two")}

@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import train_pretrain
-from minitoddler import trainer
+from minitoddler import precision
 from minitoddler.checkpoint import load_model
 from minitoddler.data.shards import TokenLoader, default_shards
 from minitoddler.evals.minimal_pairs import encode, evaluate_pairs, first_per_paradigm, load_pairs
 from minitoddler.logprobs import sequence_logprobs
 from minitoddler.tokenizer import load_tokenizer
-from minitoddler.trainer import cpu_flags, device_peak_flops, resolve_dtype
+from minitoddler.precision import cpu_flags, device_peak_flops, resolve_dtype
 
 AVX2_ONLY = {"fpu", "sse4_2", "avx", "avx2", "fma", "f16c"}           # e.g. an older EPYC: no native bf16
 AVX512_BF16 = AVX2_ONLY | {"avx512f", "avx512bw", "avx512_bf16"}     # this workplace's newer EPYC
@@ -42,7 +42,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
                     "processor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
     assert cpu_flags(info) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
-    assert trainer.cpu_name(info) == "AMD EPYC"
+    assert precision.cpu_name(info) == "AMD EPYC"
     assert cpu_flags(tmp_path / "missing") == set()  # no /proc (macOS): auto falls back to fp32
     assert resolve_dtype("auto", "cpu", flags=cpu_flags(tmp_path / "missing")).name == "fp32"
 
@@ -58,7 +58,7 @@ def test_autocast_computes_in_the_chosen_dtype():
 def test_peak_is_measured_once_per_dtype_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
-    monkeypatch.setattr(trainer, "measure_matmul_flops", lambda dtype, device: calls.append(dtype) or 1e11 * len(calls))
+    monkeypatch.setattr(precision, "measure_matmul_flops", lambda dtype, device: calls.append(dtype) or 1e11 * len(calls))
     cpu = torch.device("cpu")
     assert device_peak_flops(cpu, torch.float32)[0] == 1e11
     bf16, source = device_peak_flops(cpu, torch.bfloat16)

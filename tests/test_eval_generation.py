@@ -8,8 +8,9 @@ import torch
 
 from minitoddler.config import ModelConfig
 from minitoddler.evals.generation import (DEFAULT_PROMPTS, bleu1, evaluate_generation, load_prompts, model_scores,
-                                          render_prompt, stop_ids, text_metrics)
+                                          text_metrics)
 from minitoddler.evals.words import read_aoa, read_cdi_words, utterances, words
+from minitoddler.formats import prompt_ids, stop_ids
 from minitoddler.model import ToddlerLM
 from minitoddler.tokenizer import load_tokenizer, train_tokenizer
 
@@ -86,12 +87,12 @@ def test_prompt_files(shared_data, tmp_path):
 
 
 def test_prompt_rendering_and_stops(tokenizer):
-    ids = render_prompt(tokenizer, "what's that ?", "dialogue", bos_id=0)
+    ids = prompt_ids(tokenizer, "what's that ?", "dialogue", bos_id=0)
     assert ids[0] == 0 and tokenizer.decode(ids[1:]) == "*mot: what's that ?\n*chi:"
     newline_tokens = stop_ids(tokenizer, "dialogue", 0)
     assert 0 in newline_tokens and tokenizer.encode("\n", add_special_tokens=False).ids[0] in newline_tokens
     assert all("\n" in tokenizer.decode([i], skip_special_tokens=False) for i in newline_tokens if i != 0)
-    chat = tokenizer.decode(render_prompt(tokenizer, "more juice ?", "chat", bos_id=0), skip_special_tokens=False)
+    chat = tokenizer.decode(prompt_ids(tokenizer, "more juice ?", "chat", bos_id=0), skip_special_tokens=False)
     assert chat.endswith("<|im_start|>user\ncaregiver: more juice ?<|im_end|>\n<|im_start|>assistant\n")
     assert tokenizer.token_to_id("<|im_end|>") in stop_ids(tokenizer, "chat", 0)
 

@@ -83,7 +83,7 @@ def test_toddler_155m_size_and_flops():
 
 
 def test_readme_numbers_for_toddler_155m():
-    """The README's figures, written out: 155,933,568 parameters, 150,428,544 without the embedding,
+    """The figures of docs/training.md, written out: 155,933,568 parameters, 150,428,544 without the embedding,
     1.00 GFLOP per token for a training step at context 256 (999,343,296 by hand: 3 x (2 x 155,891,232
     matmul weights + 4 x 31 layers x 256 x 672))."""
     with torch.device("meta"):  # shapes only: counting needs no memory

@@ -103,7 +103,7 @@ def test_check_names_what_is_wrong_inside_a_directory(shared_data, llama_dir, tm
 
 
 PARSERS = {"train_pretrain.py": ("train_pretrain", "PretrainConfig"), "train_sft.py": ("train_sft", "SFTConfig"),
-           "eval.py": ("eval", "EvalConfig"), "minitoddler.rl.train_dpo": ("minitoddler.rl.train_dpo", "DPOConfig")}
+           "eval.py": ("eval", "EvalConfig"), "train_dpo.py": ("train_dpo", "DPOConfig")}
 
 
 @pytest.mark.parametrize("name", ["toddler_llm", "toddler_llm_grpo", "llamalogue"])

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from minitoddler.config import preset
+from minitoddler.formats import render_exchange
+from minitoddler.logprobs import completion_logprobs, token_logprobs
 from minitoddler.lora import LoraConfig, apply_lora, lora_disabled
-from minitoddler.logprobs import token_logprobs
 from minitoddler.model import ToddlerLM
 from minitoddler.rl.grpo import group_advantages, grpo_loss, k3_kl
 from minitoddler.rl.ppo import AdaptiveKL, gae, masked_whiten, ppo_loss, token_rewards
-from minitoddler.rl.rollout import Rollout, completion_logprobs, render_exchange, truncate_left
+from minitoddler.rl.rollout import Rollout, truncate_left
 from minitoddler.tokenizer import train_tokenizer
 
 
@@ -193,7 +194,7 @@ def tiny_model(seed=0):
 
 @pytest.mark.parametrize("remat_above", [0, 2 ** 40])  # chunks recomputed in backward, or kept
 def test_chunked_logprobs_equal_unchunked_values_and_gradients(monkeypatch, remat_above):
-    monkeypatch.setattr("minitoddler.rl.rollout.REMAT_ABOVE", remat_above)
+    monkeypatch.setattr("minitoddler.logprobs.REMAT_ABOVE", remat_above)
     model = tiny_model()
     ids = torch.randint(0, model.cfg.vocab_size, (3, 21))
     a = completion_logprobs(model, ids, chunk_size=4)
@@ -225,7 +226,7 @@ def test_lora_off_reference_equals_base_model():
 
 
 def test_logprobs_from_a_start_position_equal_the_sliced_full_ones():
-    from minitoddler.rl.rollout import logprobs_from_hidden
+    from minitoddler.logprobs import logprobs_from_hidden
     model = tiny_model()
     ids = torch.randint(0, model.cfg.vocab_size, (2, 15))
     with torch.no_grad():

@@ -105,7 +105,7 @@ def server_url(model_dir):
 
 def test_page_shows_the_toddler_reply(server_url, model_dir, tmp_path):
     if not os.path.exists(CHROMIUM):
-        pytest.fail("this test needs Debian's chromium: apt-get install -y chromium (.ci/run installs it)")
+        pytest.fail("this test needs Debian's chromium: apt-get install -y chromium (bash tests/run.sh installs it)")
     model, tok = load(str(model_dir), "cpu")
     ids = render_chat(tok, caregiver_chat("where is the ball?"), add_generation_prompt=True).ids
     out = generate(model, [ids], 10, stop_ids=[0, 2])[0]

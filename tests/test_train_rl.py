@@ -15,7 +15,7 @@ from minitoddler.config import preset
 from minitoddler.lora import load_adapter
 from minitoddler.model import ToddlerLM
 from minitoddler.rewards.length import LengthModel
-from minitoddler.rl.prompts import bundled_pairs
+from minitoddler.startup import bundled_data
 from minitoddler.tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def setup(tmp_path_factory):
     """A random tiny model with a tokenizer trained on the bundled pairs, the pairs, and a length fit."""
     root = tmp_path_factory.mktemp("rl")
-    pairs = bundled_pairs(root / "data")
+    pairs = bundled_data(root / "data", "pairs")
     rows = [json.loads(line) for line in (pairs / "train.jsonl").read_text().splitlines()]
     tok_dir = root / "tok"
     train_tokenizer([t for r in rows for t in (r["prompt"], r["response"])], tok_dir, vocab_size=400)
@@ -43,7 +43,7 @@ def rl_config(setup, out, algo="grpo", **kw):
                 device="cpu", eval_prompts=0, sample_every=0, save_every=1, device_batch_size=4,
                 mini_batch_size=2, ppo_epochs=2)
     base.update(kw)
-    return train_rl.RLConfig(**base)
+    return train_rl.rl_config(**base)
 
 
 def run(setup, cfg):
@@ -111,6 +111,14 @@ def test_resume_equals_uninterrupted(setup, tmp_path, algo):
     assert rows(tmp_path / "whole")[-1]["reward/total"] == rows(tmp_path / "cut")[-1]["reward/total"]
 
 
+def test_closing_line_counts_the_steps_of_this_run(setup, tmp_path, capsys):
+    """"done: N steps" counts the steps this run trained: all of them, or those after the resumed step."""
+    run(setup, rl_config(setup, tmp_path, steps=2))
+    assert "done: 2 steps in" in capsys.readouterr().out
+    run(setup, rl_config(setup, tmp_path, steps=3, resume=True))
+    assert "done: 1 steps in" in capsys.readouterr().out
+
+
 def test_bad_input_says_what_to_do(setup, tmp_path):
     with pytest.raises(SystemExit, match="--model DIR is required"):
         run(setup, rl_config(setup, tmp_path, model=str(tmp_path / "nope")))
@@ -149,8 +157,10 @@ def test_reward_rises(setup, tmp_path, monkeypatch, algo):
     monkeypatch.setattr(train_rl, "build_reward", lambda spec, options: CombinedReward([("e", 1.0, VowelReward())]))
     extra = dict(mini_batch_size=8, ppo_epochs=4, init_kl_coef=0.0, kl_horizon=0) if algo == "ppo" else {}
     # Full fine-tuning (the frozen-copy reference): LoRA on a random 0.1M model moves its outputs too slowly.
-    cfg = rl_config(setup, tmp_path, algo, steps=12 if algo == "grpo" else 8, batch_prompts=4, generations=8,
-                    max_new_tokens=8, lr=1e-2, lora_rank=0, save_every=0, device_batch_size=32, **extra)
+    # fp32 whatever the CPU (--dtype auto picks bf16 where it is native), and enough GRPO steps that the rise
+    # does not hang on one seed's first steps (12 were too few for seed 1337 in fp32).
+    cfg = rl_config(setup, tmp_path, algo, steps=20 if algo == "grpo" else 8, batch_prompts=4, generations=8,
+                    max_new_tokens=8, lr=1e-2, lora_rank=0, save_every=0, device_batch_size=32, dtype="fp32", **extra)
     train_rl.main(cfg, "e", {})
     rewards = [json.loads(x)["reward/total"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3

@@ -7,8 +7,9 @@ import torch
 
 from minitoddler.config import preset
 from minitoddler.model import ToddlerLM
-from minitoddler.trainer import (NonFiniteLoss, check_finite, due, make_optimizer, progress_line,
-                                 resume_checkpoint, save_checkpoint, start_run, stop_on_nonfinite)
+from minitoddler.startup import start_run
+from minitoddler.train_state import resume_checkpoint, save_checkpoint
+from minitoddler.trainer import NonFiniteLoss, check_finite, due, make_optimizer, progress_line, stop_on_nonfinite
 
 
 def test_due_every_n_and_at_the_end():

@@ -2,8 +2,7 @@
 
 Prompts come from a file (default: the ~50 caregiver lines in prompts.txt beside this file; a
 `prompt<TAB>gold reply` line or a dialogue-pairs JSON adds gold child replies). Each prompt is put to
-the model as a ChatML conversation (format "chat", design.md) or as a dialogue line
-(`*MOT: …\\n*CHI:`, format "dialogue", how the pretraining corpus writes turns), and the sampled
+the model in one of the two formats of formats.py (chatml, or dialogue: `*MOT: …\\n*CHI:`), and the sampled
 replies are measured: words per reply, MLU in words, share of single-sentence replies, type/token
 ratio, mean age of acquisition (Kuperman norms) and share of CDI words of the words used, BLEU-1 (and
 MiniLM similarity) to gold replies, and RM-1 child-likeness / RM-2 coherence when those models are given.
@@ -17,12 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ..chatml import caregiver_chat, render_chat
-from ..generate import generate
+from ..formats import check_format
+from ..generate import generate_replies
 from .minimal_pairs import json_items
 from .words import SPEAKER_TAG, read_aoa, read_cdi_words, utterances, words
 
-FORMATS = ("chat", "dialogue")
 DEFAULT_PROMPTS = Path(__file__).with_name("prompts.txt")
 GOLD_KEYS = ("chosen", "gold", "response", "reply")
 
@@ -54,58 +52,6 @@ def load_prompts(path: str | Path | None = None) -> list[Prompt]:
     if not prompts:
         raise ValueError(f"{path}: no prompts found")
     return prompts
-
-
-# --- sampling --------------------------------------------------------------------------------------
-
-def _first_id(value) -> int | None:
-    return value[0] if isinstance(value, list) else value
-
-
-def render_prompt(tokenizer, prompt: str, fmt: str, bos_id: int | None) -> list[int]:
-    """Token ids that ask the model for the child's reply to `prompt`."""
-    if fmt == "chat":
-        return render_chat(tokenizer, caregiver_chat(prompt), add_generation_prompt=True).ids
-    if fmt == "dialogue":
-        ids = tokenizer.encode(f"*MOT: {prompt}\n*CHI:", add_special_tokens=False).ids
-        return ([bos_id] if bos_id is not None else []) + list(ids)
-    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-
-
-def stop_ids(tokenizer, fmt: str, eos_ids) -> list[int]:
-    """Tokens that end a reply: EOS, and <|im_end|> (chat) or any token holding a line break (dialogue)."""
-    stops = [i for i in (eos_ids if isinstance(eos_ids, list) else [eos_ids]) if i is not None]
-    if fmt == "chat":
-        im_end = tokenizer.token_to_id("<|im_end|>")
-        if im_end is None:
-            raise ValueError("the tokenizer has no <|im_end|> token; use --format dialogue, or give the model "
-                             "ChatML tokens (minitoddler.chatml.add_chat_tokens)")
-        stops.append(im_end)
-    else:
-        size = tokenizer.get_vocab_size(with_added_tokens=True)
-        stops += [i for i in range(size) if "\n" in tokenizer.decode([i], skip_special_tokens=False)]
-    return sorted(set(stops))
-
-
-def clean_reply(tokenizer, ids: list[int]) -> str:
-    """Decoded reply: special tokens dropped, cut at the first line break, no leading speaker tag."""
-    text = tokenizer.decode(ids, skip_special_tokens=True).split("\n")[0]
-    return SPEAKER_TAG.sub("", text).strip()
-
-
-def sample_replies(model, tokenizer, prompts: list[str], fmt: str = "chat", max_new_tokens: int = 48,
-                   temperature: float = 0.7, top_p: float | None = 0.9, top_k: int | None = None,
-                   seed: int = 0, batch_size: int = 32) -> list[str]:
-    """One sampled reply per prompt (temperature 0 = greedy), in batches of `batch_size` prompts."""
-    bos = _first_id(model.cfg.bos_token_id)
-    stops = stop_ids(tokenizer, fmt, model.cfg.eos_token_id)
-    replies = []
-    for start in range(0, len(prompts), batch_size):
-        batch = [render_prompt(tokenizer, p, fmt, bos) for p in prompts[start:start + batch_size]]
-        out = generate(model, batch, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       stop_ids=stops, seed=seed + start)
-        replies += [clean_reply(tokenizer, ids) for ids in out]
-    return replies
 
 
 # --- metrics ---------------------------------------------------------------------------------------
@@ -167,19 +113,21 @@ def model_scores(prompts: list[str], replies: list[str], golds: list[str], rm1: 
 
 
 @torch.no_grad()
-def evaluate_generation(model, tokenizer, prompts: list[Prompt], fmt: str = "chat", samples: int = 1,
+def evaluate_generation(model, tokenizer, prompts: list[Prompt], fmt: str = "chatml", samples: int = 1,
                         max_new_tokens: int = 48, temperature: float = 0.7, top_p: float | None = 0.9,
                         top_k: int | None = None, seed: int = 0, aoa_path=None, cdi_path=None, rm1=None,
                         rm2=None, similarity_model=None, n_examples: int = 10,
                         device: str = "cpu") -> tuple[dict, list[dict]]:
     """Sample `samples` replies per prompt and measure them; returns (results, one row per reply)."""
+    fmt = check_format(fmt)
     aoa = read_aoa(aoa_path) if aoa_path else None
     cdi = read_cdi_words(cdi_path) if cdi_path else None
     asked = [p for p in prompts for _ in range(samples)]
     replies = []
     for k in range(samples):
-        replies.append(sample_replies(model, tokenizer, [p.text for p in prompts], fmt, max_new_tokens,
-                                      temperature, top_p, top_k, seed=seed + 1_000_003 * k))
+        replies.append(generate_replies(model, tokenizer, [p.text for p in prompts], fmt,
+                                        max_new_tokens=max_new_tokens, seed=seed + 1_000_003 * k, one_line=True,
+                                        temperature=temperature, top_p=top_p, top_k=top_k))
     replies = [replies[k][i] for i in range(len(prompts)) for k in range(samples)]
     golds = [p.gold for p in asked]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_write
-from ..trainer import pick_device
+from ..precision import pick_device
 from .bert import Bert, load_bert
 from .length import WORD
 

@@ -29,7 +29,7 @@ import torch
 
 from ..checkpoint import load_model
 from ..tokenizer import load_tokenizer
-from ..trainer import pick_device
+from ..precision import pick_device
 from .bert import load_bert
 from .bleu import BleuReward
 from .childlike import ChildlikeReward

@@ -22,6 +22,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..chatml import render_chat
+from ..formats import id_list
 from ..generate import generate
 from ..model import ToddlerLM
 from ..tokenizer import IM_END
@@ -50,8 +51,7 @@ class JudgeReward:
             raise ValueError(f"unknown judge template {template!r}; choose from {TEMPLATES}")
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.expected, self.max_new_tokens, self.batch_size = expected, max_new_tokens, batch_size
-        eos = model.cfg.eos_token_id
-        self.stop_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        self.stop_ids = set(id_list(model.cfg.eos_token_id))
         if tokenizer.token_to_id(IM_END) is not None:
             self.stop_ids.add(tokenizer.token_to_id(IM_END))
         self.unparseable = 0  # answers without a number in the last call

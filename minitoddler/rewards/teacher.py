@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer
 
+from ..formats import id_list
 from ..generate import generate
 from ..logprobs import sequence_logprobs
 from ..model import ToddlerLM
@@ -53,8 +54,7 @@ class TeacherReward:
 
     def sample_answers(self, prompt: str) -> list[str]:
         ids = self.prefix(prompt) or [self.model.cfg.bos_token_id or 0]
-        eos = self.model.cfg.eos_token_id
-        stop = tuple(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        stop = tuple(id_list(self.model.cfg.eos_token_id))
         outs = generate(self.model, [ids] * self.samples, self.max_new_tokens, temperature=self.temperature,
                         top_p=self.top_p, stop_ids=stop, seed=self.seed)
         answers = [self.tokenizer.decode([t for t in o if t not in stop]).split("\n")[0].strip() for o in outs]

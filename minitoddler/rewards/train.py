@@ -37,7 +37,8 @@ import torch.nn.functional as F
 
 from ..checkpoint import atomic_write
 from ..data.prepare import SAMPLE_DIR
-from ..trainer import MetricsLog, autocast, check_finite, make_optimizer, pick_device, progress_line
+from ..precision import autocast, pick_device
+from ..trainer import MetricsLog, check_finite, clip_and_step, make_optimizer, progress_line, set_lr
 from .bert import Bert, BertConfig, load_bert, save_bert, train_wordpiece
 from .childlike import ADULT_RATIO, PROBES, childes_examples
 from .coherence import RANGE_FILE, read_pairs
@@ -120,6 +121,33 @@ def load_data(args) -> tuple[list[str], list[str] | None, list[float], list[str]
     return prompts, replies, labels, [prompt_key(p) for p in prompts], None
 
 
+def initial_model(args, texts: list[str]):
+    """The BERT to fine-tune: a small one built from scratch on `texts`, or --init's with a new 1-logit head."""
+    if args.init == "scratch":
+        return scratch_bert(texts, args.vocab_size, args.scratch_hidden, args.scratch_layers, args.scratch_heads,
+                            args.max_length, args.seed)
+    model = load_bert(args.init, new_head=True)
+    if model.num_labels != 1:
+        raise SystemExit(f"{args.init} has a {model.num_labels}-label head; RM training needs one logit")
+    model.max_length = min(args.max_length, model.cfg.max_position_embeddings)
+    if model.max_length < args.max_length:
+        print(f"note: {args.init} has {model.max_length} positions; inputs are truncated to that many "
+              f"tokens, not {args.max_length}")
+    return model
+
+
+def save_trained(model, out: Path, ta, tb, ty, vy, batch_size: int) -> dict:
+    """Write the model and its training-score range (RANGE_FILE); return the held-out baselines of a
+    constant prediction (the mean training label)."""
+    save_bert(model, out)
+    train_scores = model.score(ta, tb, batch_size=batch_size)
+    score_range = {"min": float(train_scores.min()), "max": float(train_scores.max())}
+    atomic_write(out / RANGE_FILE, lambda p: p.write_text(json.dumps(score_range) + "\n"))
+    mean_label = sum(ty) / len(ty)
+    return {"majority_accuracy": float(np.mean([(y > 0.5) == (mean_label > 0.5) for y in vy])),
+            "mean_label_mae": float(np.mean([abs(y - mean_label) for y in vy]))}
+
+
 def train(args) -> dict:
     device = pick_device(args.device)
     random.seed(args.seed)
@@ -138,18 +166,7 @@ def train(args) -> dict:
     va, vb, vy, vc = pick(a, val_idx), pick(b, val_idx), pick(labels, val_idx), pick(classes, val_idx)
     print(f"split by {'transcript' if args.kind == 'childlike' else 'prompt'}: {len(ta)} train, {len(va)} held out")
 
-    if args.init == "scratch":
-        model = scratch_bert(ta + (tb or []), args.vocab_size, args.scratch_hidden, args.scratch_layers,
-                             args.scratch_heads, args.max_length, args.seed)
-    else:
-        model = load_bert(args.init, new_head=True)
-        if model.num_labels != 1:
-            raise SystemExit(f"{args.init} has a {model.num_labels}-label head; RM training needs one logit")
-        model.max_length = min(args.max_length, model.cfg.max_position_embeddings)
-        if model.max_length < args.max_length:
-            print(f"note: {args.init} has {model.max_length} positions; inputs are truncated to that many "
-                  f"tokens, not {args.max_length}")
-    model.to(device).train()
+    model = initial_model(args, ta + (tb or [])).to(device).train()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -172,17 +189,14 @@ def train(args) -> dict:
         for start in range(0, len(order), args.batch_size):
             rows = order[start:start + args.batch_size]
             lr = args.lr * min((step + 1) / warmup, (total - step) / max(1, total - warmup))
-            for g in optimizer.param_groups:
-                g["lr"] = lr
+            set_lr(optimizer, lr)
             enc = model.encode([ta[i] for i in rows], None if tb is None else [tb[i] for i in rows])
             target = torch.tensor([ty[i] for i in rows], device=device)
             with autocast(device):
                 logits = model(**enc)[:, 0].float()
             loss = F.binary_cross_entropy_with_logits(logits, target)
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            clip_and_step(model, optimizer, 1.0)
             running.append(check_finite(loss, step))
             step += 1
             if step % args.log_every == 0:
@@ -195,20 +209,14 @@ def train(args) -> dict:
         log.write(**row)
         print(json.dumps(row))
 
-    save_bert(model, out)
-    train_scores = model.score(ta, tb, batch_size=args.batch_size)
-    score_range = {"min": float(train_scores.min()), "max": float(train_scores.max())}
-    atomic_write(out / RANGE_FILE, lambda p: p.write_text(json.dumps(score_range) + "\n"))
-    mean_label = sum(ty) / len(ty)
-    baseline = {"majority_accuracy": float(np.mean([(y > 0.5) == (mean_label > 0.5) for y in vy])),
-                "mean_label_mae": float(np.mean([abs(y - mean_label) for y in vy]))}
     info = {"args": vars(args), "train_rows": len(ta), "val_rows": len(va), "val": val, "val_before": before,
-            "val_baseline": baseline, "seconds": round(time.time() - t0, 1)}
+            "val_baseline": save_trained(model, out, ta, tb, ty, vy, args.batch_size),
+            "seconds": round(time.time() - t0, 1)}
     if args.kind == "childlike":
         info["probes"] = dict(zip(PROBES, model.score(list(PROBES)).tolist()))
         print("probe replies: " + ", ".join(f"{t!r} {s:.3f}" for t, s in info["probes"].items()))
     atomic_write(out / "train_info.json", lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
-    print(f"held-out baselines (constant = mean train label): {json.dumps(baseline)}")
+    print(f"held-out baselines (constant = mean train label): {json.dumps(info['val_baseline'])}")
     print(f"wrote {out} (model, metrics.jsonl, train_info.json, {RANGE_FILE})")
     return info
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .rollout import completion_logprobs, pad_right
+from ..logprobs import completion_logprobs
+from .rollout import pad_right
 
 LOSSES = ("sigmoid", "ipo", "hinge")
 
@@ -24,7 +25,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
              ref_rejected: torch.Tensor, beta: float = 0.1, loss_type: str = "sigmoid"
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair losses (B,) and the implicit rewards of chosen and rejected replies (B,) each (detached).
-    The inputs are sequence log-probs (summed; per-token means for IPO, see `sequence_logprobs`)."""
+    The inputs are sequence log-probs (summed; per-token means for IPO, see `reply_logprobs`)."""
     if loss_type not in LOSSES:
         raise ValueError(f"DPO loss must be one of {LOSSES}, got {loss_type!r}")
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
@@ -37,7 +38,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return losses, beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach()
 
 
-def sequence_logprobs(token_logprobs: torch.Tensor, reply_mask: torch.Tensor, loss_type: str) -> torch.Tensor:
+def reply_logprobs(token_logprobs: torch.Tensor, reply_mask: torch.Tensor, loss_type: str) -> torch.Tensor:
     """(B, T-1) next-token log-probs and (B, T) reply mask -> (B,) log p(reply | prompt): the sum over the
     reply's tokens, or their mean for IPO."""
     mask = reply_mask[:, 1:].to(token_logprobs.dtype)
@@ -54,5 +55,5 @@ def pair_logprobs(model, chosen: list[tuple[list[int], list[int]]], rejected: li
     ids, _ = pad_right([ids for ids, _ in seqs], pad_id)
     mask, _ = pad_right([m for _, m in seqs], 0)
     ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-    logps = sequence_logprobs(completion_logprobs(model, ids, chunk_size=chunk_size), mask, loss_type)
+    logps = reply_logprobs(completion_logprobs(model, ids, chunk_size=chunk_size), mask, loss_type)
     return logps[:len(chosen)], logps[len(chosen):]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .rollout import masked_mean
+from ..logprobs import masked_mean
 
 SCALES = ("group", "batch", "none")
 NORMS = ("sequence", "token", "dr_grpo")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .rollout import masked_mean
+from ..logprobs import masked_mean
 
 PENALTIES = ("kl", "abs", "mse")
 

@@ -5,17 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from ..data.prepare import PrepareConfig, prepare
 from ..rewards.clarity import ClarityScorer, dedupe, read_prompts, top_prompts
 from ..sft import stage_batch
-
-
-def bundled_pairs(data_dir: Path) -> Path:
-    """The bundled corpus prepared (once) under data_dir; returns its pairs directory."""
-    if not (data_dir / "pairs" / "train.jsonl").is_file():
-        prepare(PrepareConfig(out=data_dir, val_frac=0.1, test_frac=0.1, workers=1))
-        print(f"prepared the bundled corpus into {data_dir}")
-    return data_dir / "pairs"
 
 
 def prompt_file(data: Path, split: str = "train") -> Path:

@@ -1,4 +1,4 @@
-"""DPO on preference pairs (the llamalogue DPO runs): `train_rl.py --algo dpo` runs this loop.
+"""DPO on preference pairs (the llamalogue DPO runs); `train_rl.py --algo dpo` runs this loop too.
 
 Each pair is a caregiver line with a preferred (chosen) and a dispreferred (rejected) child reply; the
 loss (minitoddler/rl/dpo.py: sigmoid, IPO or hinge) sees the reply tokens only, conditioned on the
@@ -8,9 +8,9 @@ and stored in the run directory (reference_logprobs.safetensors); no reference m
 memory while training. Chosen and rejected replies of a batch share one forward pass. Defaults as the
 paper's runs: LR 5e-6, 32 pairs per step, linear decay to 0, no warmup, beta 0.1, one epoch.
 
-    python -m minitoddler.rl.train_dpo --model runs/pre/final --data ../shared/data/dpo/naturalistic_pairs.json --out runs/dpo
-    python -m minitoddler.rl.train_dpo --model runs/pre/final --data prepared/prefs --out runs/dpo --resume
-    torchrun --nproc_per_node=8 -m minitoddler.rl.train_dpo --model DIR --data PAIRS --out runs/dpo
+    python train_dpo.py --model runs/pre/final --data ../shared/data/dpo/naturalistic_pairs.json --out runs/dpo
+    python train_dpo.py --model runs/pre/final --data prepared/prefs --out runs/dpo --resume
+    torchrun --nproc_per_node=8 train_dpo.py --model DIR --data PAIRS --out runs/dpo
 
 metrics.jsonl: loss, the implicit reward margin and preference accuracy (r_chosen > r_rejected) of each
 training batch, and the same on a held-out split as val/*, plus val/logp_accuracy: the fraction of
@@ -30,24 +30,28 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import atomic_write, load_model
-from ..cli import parse_config, run
-from ..data.prepare import PrepareConfig, prepare
-from ..lora import LoraConfig, apply_lora, parse_targets
-from ..sft import stage_batch
-from ..tokenizer import DEFAULT_SYSTEM_PROMPT, IM_START, load_tokenizer
-from ..trainer import (MetricsLog, Precision, Progress, StopFlag, check_finite, due, export_final, lr_at,
-                       make_optimizer, resolve_dtype, resume_checkpoint, save_checkpoint, save_or_stop, set_lr,
-                       start_run, stop_on_nonfinite, wrap_for_training)
-from .dpo import LOSSES, dpo_loss, pair_logprobs
-from .prefs import Pref, load_prefs
-from .rollout import FORMATS, render_exchange
+from minitoddler.checkpoint import atomic_write, load_model
+from minitoddler.cli import parse_config, run
+from minitoddler.distributed import Dist, wrap_for_training
+from minitoddler.formats import check_format, first_id, render_exchange
+from minitoddler.precision import Precision, resolve_dtype
+from minitoddler.rl.dpo import LOSSES, dpo_loss, pair_logprobs
+from minitoddler.rl.prefs import Pref, load_prefs
+from minitoddler.sft import stage_batch
+from minitoddler.startup import (bundled_data, describe_run, end_run, lora_from_flags, print0, require_model_dir,
+                                 start_run, written)
+from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, IM_START, load_tokenizer
+from minitoddler.train_state import resume_checkpoint, save_checkpoint
+from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, clip_and_step, due, export_final,
+                                 lr_at, make_optimizer, save_or_stop, set_lr, stop_on_nonfinite)
 
 REFERENCE_FILE = "reference_logprobs.safetensors"
 
 
+# Each field's comment is its --help text (minitoddler/cli.py).
 @dataclass
 class DPOConfig:
     model: str = ""               # policy: a pretrained or SFT'd model directory
@@ -195,7 +199,6 @@ def load_reference(path: Path, data_hash: str):
     if not path.is_file():
         raise FileNotFoundError(f"--resume: {path} is missing; the reference log-probs are computed before "
                                 "the first step, so start the run again without --resume")
-    from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         stored = (f.metadata() or {}).get("fingerprint")
     if stored != data_hash:
@@ -205,20 +208,80 @@ def load_reference(path: Path, data_hash: str):
     return (t["train_chosen"], t["train_rejected"]), (t["val_chosen"], t["val_rejected"])
 
 
-def default_prefs(data_dir: Path) -> Path:
-    """Preference pairs prepared from the bundled corpus (once) under data_dir."""
-    if not (data_dir / "prefs" / "train.jsonl").is_file():
-        prepare(PrepareConfig(out=data_dir, val_frac=0.1, test_frac=0.1, workers=1))
-        print(f"prepared the bundled corpus into {data_dir}")
-    return data_dir / "prefs"
+@dataclass
+class PairData:
+    """The encoded training and held-out pairs, and what was left out or shortened to fit."""
+    source: str
+    train: list[PairExample]
+    val: list[PairExample]
+    skipped: int               # empty fields or identical replies (load_prefs)
+    shortened: int             # lost caregiver tokens from the front to fit max_len
+    too_long: list[str]        # where the pairs are whose reply alone does not fit (left out)
+
+
+def read_pair_data(cfg: DPOConfig, tokenizer, bos: int | None, max_len: int, out: Path) -> PairData:
+    """--data (or the bundled corpus' preference pairs), split, tokenized in the chosen format."""
+    data = cfg.data or str(bundled_data(out / "data", "prefs"))
+    train_prefs, val_prefs, skipped = load_prefs(data, cfg.val_fraction, cfg.seed)
+    system_prompt = cfg.system_prompt if cfg.format == "chatml" else None
+    train, shortened, too_long = encode_pairs(tokenizer, train_prefs, cfg.format, system_prompt, bos, max_len)
+    val, val_shortened, val_too_long = encode_pairs(tokenizer, val_prefs[:cfg.eval_pairs], cfg.format,
+                                                    system_prompt, bos, max_len)
+    if not train or not val:
+        raise ValueError(f"{data}: no training or no held-out pairs left that fit in {max_len} tokens")
+    return PairData(data, train, val, skipped, shortened + val_shortened, too_long + val_too_long)
+
+
+def note_left_out(pairs: PairData, max_len: int) -> None:
+    if pairs.skipped or pairs.too_long:
+        print0(f"note: left out {pairs.skipped} pairs with an empty field or identical replies and "
+               f"{len(pairs.too_long)} whose reply alone exceeds {max_len} tokens {', '.join(pairs.too_long[:5])}",
+               file=sys.stderr)
+    if pairs.shortened:
+        print0(f"note: {pairs.shortened} pairs longer than {max_len} tokens lost caregiver tokens from the front "
+               "(the replies are kept whole)", file=sys.stderr)
+
+
+def reference_for(model, pairs: PairData, cfg: DPOConfig, path: Path, data_hash: str, ddp: Dist, device,
+                  precision: Precision):
+    """The reference log-probs: stored in `path` on --resume, else computed now (before any step) and stored."""
+    if cfg.resume:
+        return load_reference(path, data_hash)
+    t0 = time.time()
+    ref_train = reference_logprobs(model, pairs.train, 2 * cfg.device_batch_size, cfg, device, ddp, precision)
+    ref_val = reference_logprobs(model, pairs.val, 2 * cfg.device_batch_size, cfg, device, ddp, precision)
+    if ddp.is_main:
+        save_reference(path, ref_train, ref_val, data_hash)
+    print0(f"reference log-probs of {len(pairs.train) + len(pairs.val)} pairs in {time.time() - t0:.1f}s -> {path}")
+    return ref_train, ref_val
+
+
+def train_step(train_model, optimizer, pairs: PairData, ref_train, cfg: DPOConfig, ddp: Dist, device,
+               precision: Precision, step: int) -> dict[str, float]:
+    """One optimizer step on the step's `batch_size` pairs (this process' share, in micro-batches)."""
+    everyone = list(range(len(pairs.train)))
+    mine = stage_batch(everyone, 0, step, cfg.batch_size, cfg.seed)[ddp.rank::ddp.world_size]
+    micro = [mine[i:i + cfg.device_batch_size] for i in range(0, len(mine), cfg.device_batch_size)]
+    total = torch.zeros(7, dtype=torch.float64, device=device)
+    for j, rows in enumerate(micro):
+        sync = j == len(micro) - 1 or ddp.world_size == 1
+        with contextlib.nullcontext() if sync else train_model.no_sync():
+            losses, stats = dpo_stats(train_model, pairs.train, ref_train, rows, cfg, device, precision)
+            # DDP averages gradients over processes: scale to the mean loss over the whole batch.
+            (losses.sum() * ddp.world_size / cfg.batch_size).backward()
+        total += stats
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    row = stats_to_metrics(total)
+    check_finite(torch.tensor(row["loss"]), step)
+    return {**row, "grad_norm": clip_and_step(train_model, optimizer, cfg.grad_clip)}
 
 
 def main(cfg: DPOConfig) -> Path:
-    if not cfg.model or not Path(cfg.model).is_dir():
-        raise SystemExit(f"error: --model DIR is required: a pretrained or SFT'd model directory"
-                         f"{f' ({cfg.model} is not one)' if cfg.model else ''}")
-    if cfg.format not in FORMATS or cfg.loss not in LOSSES:
-        raise SystemExit(f"error: --format must be one of {FORMATS} and --loss one of {LOSSES}")
+    require_model_dir(cfg.model, "a pretrained or SFT'd model directory")
+    if cfg.loss not in LOSSES:
+        raise SystemExit(f"error: --loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    cfg.format = check_format(cfg.format)
     ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
     if cfg.batch_size % ddp.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {ddp.world_size} processes")
@@ -229,67 +292,28 @@ def main(cfg: DPOConfig) -> Path:
     if cfg.format == "chatml" and tokenizer.token_to_id(IM_START) is None:
         raise SystemExit(f"error: --format chatml, but {tokenizer_dir} has no ChatML tokens: SFT the model first "
                          "(train_sft.py adds them) or use --format dialogue")
-    bos = model.cfg.bos_token_id if cfg.format == "dialogue" else None
-    bos = bos[0] if isinstance(bos, list) else bos
+    bos = first_id(model.cfg.bos_token_id) if cfg.format == "dialogue" else None
     max_len = cfg.max_len or model.cfg.max_position_embeddings
+    pairs = read_pair_data(cfg, tokenizer, bos, max_len, out)
+    steps = cfg.steps or math.ceil(len(pairs.train) * cfg.epochs / cfg.batch_size)
 
-    # Pairs -> token ids and reply masks.
-    if ddp.is_main and not cfg.data:
-        default_prefs(out / "data")
-    if dist.is_initialized():
-        dist.barrier()
-    data = cfg.data or str(out / "data" / "prefs")
-    train_prefs, val_prefs, skipped = load_prefs(data, cfg.val_fraction, cfg.seed)
-    system_prompt = cfg.system_prompt if cfg.format == "chatml" else None
-    train, shortened, too_long = encode_pairs(tokenizer, train_prefs, cfg.format, system_prompt, bos, max_len)
-    val, val_shortened, val_too_long = encode_pairs(tokenizer, val_prefs[:cfg.eval_pairs], cfg.format,
-                                                    system_prompt, bos, max_len)
-    if not train or not val:
-        raise ValueError(f"{data}: no training or no held-out pairs left that fit in {max_len} tokens")
-    steps = cfg.steps or math.ceil(len(train) * cfg.epochs / cfg.batch_size)
-
-    lora = None
-    if cfg.lora_rank:
-        lora = LoraConfig(cfg.lora_rank, cfg.lora_alpha or 2.0 * cfg.lora_rank, cfg.lora_dropout,
-                          parse_targets(cfg.lora_targets))
-        apply_lora(model, lora)
-    data_hash = fingerprint(train + val)
-    setup = {"data": data, "pairs": len(train), "val_pairs": len(val), "fingerprint": data_hash, "format": cfg.format,
-             "dtype": precision.name,
-             "loss": cfg.loss, "beta": cfg.beta, "lr": cfg.lr, "batch_size": cfg.batch_size, "steps": steps,
+    lora = lora_from_flags(model, cfg, alpha_per_rank=2.0)
+    data_hash = fingerprint(pairs.train + pairs.val)
+    setup = {"data": pairs.source, "pairs": len(pairs.train), "val_pairs": len(pairs.val), "fingerprint": data_hash,
+             "format": cfg.format, "dtype": precision.name, "loss": cfg.loss, "beta": cfg.beta, "lr": cfg.lr,
+             "batch_size": cfg.batch_size, "steps": steps,
              "lora": {**asdict(lora), "targets": list(lora.targets)} if lora else None}
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.999), device=device)
-    ckpt_dir, ref_path = out / "checkpoint", out / REFERENCE_FILE
-    start = 0
-    if cfg.resume:
-        start = resume_checkpoint(ckpt_dir, model, optimizer, setup, ddp.is_main)["step"]
-        ref_train, ref_val = load_reference(ref_path, data_hash)
-    else:
-        t0 = time.time()
-        ref_train = reference_logprobs(model, train, 2 * cfg.device_batch_size, cfg, device, ddp, precision)
-        ref_val = reference_logprobs(model, val, 2 * cfg.device_batch_size, cfg, device, ddp, precision)
-        if ddp.is_main:
-            save_reference(ref_path, ref_train, ref_val, data_hash)
-            print(f"reference log-probs of {len(train) + len(val)} pairs in {time.time() - t0:.1f}s -> {ref_path}")
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    ckpt_dir = out / "checkpoint"
+    start = resume_checkpoint(ckpt_dir, model, optimizer, setup, ddp.is_main)["step"] if cfg.resume else 0
+    ref_train, ref_val = reference_for(model, pairs, cfg, out / REFERENCE_FILE, data_hash, ddp, device, precision)
     train_model = wrap_for_training(model, ddp, device, cfg.compile)
     log = MetricsLog(out, enabled=ddp.is_main)
-    stop = StopFlag()
-    if ddp.is_main:
-        print(f"model {cfg.model}: {model.num_parameters() / 1e6:.1f}M parameters, "
-              f"{sum(p.numel() for p in trainable) / 1e6:.2f}M trained "
-              f"({'LoRA rank ' + str(cfg.lora_rank) if lora else 'full fine-tuning'}) | pairs {data}: "
-              f"{len(train)} train, {len(val)} held out | {cfg.loss} beta {cfg.beta} | {cfg.batch_size} pairs/step "
-              f"| {steps} steps | {cfg.format} format | dtype {precision}")
-        if skipped or too_long or val_too_long:
-            print(f"note: left out {skipped} pairs with an empty field or identical replies and "
-                  f"{len(too_long) + len(val_too_long)} whose reply alone exceeds {max_len} tokens "
-                  f"{', '.join((too_long + val_too_long)[:5])}", file=sys.stderr)
-        if shortened or val_shortened:
-            print(f"note: {shortened + val_shortened} pairs longer than {max_len} tokens lost caregiver tokens "
-                  "from the front (the replies are kept whole)", file=sys.stderr)
-    before = evaluate(model, val, ref_val, cfg, device, ddp, precision) if not start else None
+    print0(describe_run("dpo", cfg.model, model, lora, f"pairs {pairs.source}: {len(pairs.train)} train, "
+                        f"{len(pairs.val)} held out", f"{cfg.loss} beta {cfg.beta}", f"{cfg.batch_size} pairs/step",
+                        f"{steps} steps", f"{cfg.format} format", f"dtype {precision}"))
+    note_left_out(pairs, max_len)
+    before = evaluate(model, pairs.val, ref_val, cfg, device, ddp, precision) if not start else None
     if before:
         log.write(step=0, dtype=precision.name, **before)
 
@@ -298,39 +322,21 @@ def main(cfg: DPOConfig) -> Path:
             save_checkpoint(ckpt_dir, model, optimizer, done, {"setup": setup, "config": asdict(cfg)},
                             tokenizer=tokenizer_dir)
 
-    progress = Progress(steps, start, ddp.is_main)
+    progress, stop = Progress(steps, start, ddp.is_main), StopFlag()
     metrics = before or {}
-    everyone = list(range(len(train)))
     with stop_on_nonfinite(ckpt_dir):
         for step in range(start, steps):
             t0 = time.time()
             lr = lr_at(step, steps, cfg.lr, 0, "wsd", min_ratio=0.0, decay_frac=1.0)  # linear decay to 0
             set_lr(optimizer, lr)
-            mine = stage_batch(everyone, 0, step, cfg.batch_size, cfg.seed)[ddp.rank::ddp.world_size]
-            micro = [mine[i:i + cfg.device_batch_size] for i in range(0, len(mine), cfg.device_batch_size)]
-            total = torch.zeros(7, dtype=torch.float64, device=device)
-            for j, rows in enumerate(micro):
-                sync = j == len(micro) - 1 or ddp.world_size == 1
-                with contextlib.nullcontext() if sync else train_model.no_sync():
-                    losses, stats = dpo_stats(train_model, train, ref_train, rows, cfg, device, precision)
-                    # DDP averages gradients over processes: scale to the mean loss over the whole batch.
-                    (losses.sum() * ddp.world_size / cfg.batch_size).backward()
-                total += stats
-            if dist.is_initialized():
-                dist.all_reduce(total)
-            row = stats_to_metrics(total)
-            check_finite(torch.tensor(row["loss"]), step)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            row = train_step(train_model, optimizer, pairs, ref_train, cfg, ddp, device, precision, step)
             done = step + 1
             progress.update(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.2f}")
             if due(done, cfg.log_every, steps):
-                log.write(step=done, **row, lr=lr, grad_norm=float(grad_norm), step_time=time.time() - t0,
-                          time=progress.elapsed)
+                log.write(step=done, **row, lr=lr, step_time=time.time() - t0, time=progress.elapsed)
                 progress.log(done, loss=row["loss"], margin=row["margin"], acc=row["accuracy"], lr=lr)
             if due(done, cfg.eval_every, steps):
-                metrics = evaluate(model, val, ref_val, cfg, device, ddp, precision)
+                metrics = evaluate(model, pairs.val, ref_val, cfg, device, ddp, precision)
                 log.write(step=done, **metrics)
                 progress.note(f"step {done}: held-out loss {metrics['val/loss']:.4f} margin "
                               f"{metrics['val/margin']:.4f} accuracy {metrics['val/accuracy']:.3f} "
@@ -338,17 +344,14 @@ def main(cfg: DPOConfig) -> Path:
             if save_or_stop(done, steps, cfg.save_every, stop, save, progress, ddp.is_main, out):
                 return ckpt_dir
     progress.close()
-    final = out / "final"
     if ddp.is_main:
         export_final(model, lora, out, tokenizer_dir)
         was = f" (before: {before['val/logp_accuracy']:.3f})" if before else ""
         print(f"done: {steps - start} steps in {progress.elapsed:.0f}s | held-out accuracy "
               f"{metrics.get('val/accuracy', float('nan')):.3f}, log-prob accuracy "
-              f"{metrics.get('val/logp_accuracy', float('nan')):.3f}{was} | model: {final}"
-              + (f" | adapter: {out / 'adapter'}" if lora else "") + f" | metrics: {out / 'metrics.jsonl'}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return final
+              f"{metrics.get('val/logp_accuracy', float('nan')):.3f}{was} | {written(out, lora)}")
+    end_run()
+    return out / "final"
 
 
 if __name__ == "__main__":
