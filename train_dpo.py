@@ -274,7 +274,7 @@ def train_step(train_model, optimizer, pairs: PairData, ref_train, cfg: DPOConfi
         dist.all_reduce(total)
     row = stats_to_metrics(total)
     check_finite(torch.tensor(row["loss"]), step)
-    return {**row, "grad_norm": clip_and_step(train_model, optimizer, cfg.grad_clip)}
+    return {**row, "grad_norm": clip_and_step(train_model, optimizer, cfg.grad_clip, step)}
 
 
 def main(cfg: DPOConfig) -> Path:

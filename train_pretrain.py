@@ -143,7 +143,7 @@ def train_step(train_model, model, optimizer, loader: TokenLoader, accum: int, c
     if dist.is_initialized():
         dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
     loss_value = check_finite(loss_sum, step)
-    return loss_value, clip_and_step(model, optimizer, cfg.grad_clip)
+    return loss_value, clip_and_step(model, optimizer, cfg.grad_clip, step)
 
 
 def main(cfg: PretrainConfig) -> Path:

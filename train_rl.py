@@ -249,7 +249,7 @@ def grpo_update(learner: Learner, batch: Scored, cfg: RLConfig, ddp, step: int) 
             loss_total += float(loss.detach() * weight)
             parts.append((float(mask[r].sum()), st))
         check_finite(torch.tensor(loss_total), step)
-        stats["grad_norm"] = clip_and_step(learner.trainable, learner.optimizer, cfg.grad_clip)
+        stats["grad_norm"] = clip_and_step(learner.trainable, learner.optimizer, cfg.grad_clip, step)
     w = sum(n for n, _ in parts)
     stats.update({k: sum(n * st[k] for n, st in parts) / w for k in ("kl", "clip_frac")}, loss=loss_total)
     if batch.entropy is None:  # mu = 1: the update's own pass measured it
@@ -282,7 +282,7 @@ def ppo_update(learner: Learner, batch: Scored, cfg: RLConfig, kl_ctl: AdaptiveK
             if dist.is_initialized():  # the value head is outside DDP: average its gradients here
                 for p in learner.head.parameters():
                     dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
-            grad_norm = clip_and_step(learner.trainable, learner.optimizer, cfg.grad_clip)
+            grad_norm = clip_and_step(learner.trainable, learner.optimizer, cfg.grad_clip, step)
             for k, v in {**st, "loss": loss.item()}.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1

@@ -219,7 +219,7 @@ def train_step(train_model, optimizer, batch: list[Example], cfg: SFTConfig, pad
     if dist.is_initialized():
         dist.all_reduce(loss_sum)
     loss_value = check_finite(loss_sum / n_targets, step)
-    return loss_value, clip_and_step(train_model, optimizer, cfg.grad_clip)
+    return loss_value, clip_and_step(train_model, optimizer, cfg.grad_clip, step)
 
 
 def main(cfg: SFTConfig) -> Path:

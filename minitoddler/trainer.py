@@ -10,7 +10,7 @@ train_state.py):
     with stop_on_nonfinite(ckpt_dir):
         for step in range(start, cfg.steps):
             ...  # the algorithm, under precision.autocast(); check_finite(loss, step)
-            grad_norm = clip_and_step(model, optimizer, cfg.grad_clip)
+            grad_norm = clip_and_step(model, optimizer, cfg.grad_clip, step)
             if save_or_stop(done, cfg.steps, cfg.save_every, stop, save, progress, ddp.is_main, out): return
 """
 from __future__ import annotations
@@ -64,7 +64,8 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 class NonFiniteLoss(RuntimeError):
-    """Raised when a loss is NaN/inf: the loop stops and the last good checkpoint stays as it is."""
+    """Raised when a loss or a gradient norm is NaN/inf: the loop stops before the optimizer steps, and
+    the last good checkpoint stays as it is."""
 
 
 def check_finite(loss: torch.Tensor, step: int) -> float:
@@ -76,10 +77,16 @@ def check_finite(loss: torch.Tensor, step: int) -> float:
     return value
 
 
-def clip_and_step(module, optimizer, grad_clip: float) -> float:
-    """Clip the gradient norm (0 = no clipping; the norm is still measured), step, and zero the grads."""
+def clip_and_step(module, optimizer, grad_clip: float, step: int) -> float:
+    """Clip the gradient norm (0 = no clipping; the norm is still measured), step, and zero the grads.
+    A NaN/inf norm raises NonFiniteLoss before the optimizer writes it into the weights (every process
+    sees the same all-reduced gradients, so all of them stop)."""
     params = [p for p in module.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf).item()
+    if not math.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLoss(f"the gradient norm is {norm} at step {step}; stopping before the optimizer step "
+                            "(the last good checkpoint is kept). Lower the learning rate or check the data.")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norm

@@ -16,7 +16,7 @@ import train_pretrain
 from minitoddler.config import preset
 from minitoddler.data.shards import default_shards
 from minitoddler.model import ToddlerLM
-from minitoddler.trainer import NonFiniteLoss, check_finite, lr_at, make_optimizer
+from minitoddler.trainer import NonFiniteLoss, check_finite, lr_at, make_optimizer, set_lr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,6 +126,28 @@ def test_nan_stops_and_keeps_last_good_checkpoint(shards, tmp_path, monkeypatch)
     state = json.loads((tmp_path / "nan/checkpoint/trainer_state.json").read_text())
     assert state["step"] == 2
     assert not (tmp_path / "nan/final").exists()
+
+
+def test_nan_gradient_stops_before_the_optimizer_step(shards, tmp_path, monkeypatch):
+    """A finite loss with a NaN gradient (as a bad kernel or an overflow in backward gives) must not reach
+    AdamW: the run stops naming the step, and the last good checkpoint holds finite weights."""
+    cfg = small_run(shards, tmp_path / "nangrad", save_every=2)
+    steps_begun = []
+    monkeypatch.setattr(train_pretrain, "set_lr", lambda opt, lr: steps_begun.append(lr) or set_lr(opt, lr))
+    real_load = train_pretrain.model_from_arg
+
+    def load_with_hook(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        model.embed_tokens.weight.register_hook(lambda g: g * float("nan") if len(steps_begun) == 4 else g)
+        return model
+
+    monkeypatch.setattr(train_pretrain, "model_from_arg", load_with_hook)
+    with pytest.raises(SystemExit, match="gradient norm is nan at step 3; stopping before the optimizer step"):
+        train_pretrain.main(cfg)
+    state = json.loads((tmp_path / "nangrad/checkpoint/trainer_state.json").read_text())
+    assert state["step"] == 2
+    weights = load_file(str(tmp_path / "nangrad/checkpoint/model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
 
 
 def test_two_process_ddp_matches_one_process(shards, tmp_path):

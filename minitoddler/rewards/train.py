@@ -196,7 +196,7 @@ def train(args) -> dict:
                 logits = model(**enc)[:, 0].float()
             loss = F.binary_cross_entropy_with_logits(logits, target)
             loss.backward()
-            clip_and_step(model, optimizer, 1.0)
+            clip_and_step(model, optimizer, 1.0, step)
             running.append(check_finite(loss, step))
             step += 1
             if step % args.log_every == 0:
