@@ -83,7 +83,7 @@ class Attention(nn.Module):
         self.v_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
         self.o_proj = Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int):
+    def forward(self, x, cos, sin, mask, causal: bool, cache: KVCache | None, layer: int):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
@@ -94,8 +94,6 @@ class Attention(nn.Module):
             cache.k[layer][:, :, cache.length:end] = k
             cache.v[layer][:, :, cache.length:end] = v
             k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
-        # Without a mask, queries see every key when decoding one token, and are causal otherwise.
-        causal = mask is None and T > 1
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -120,8 +118,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+    def forward(self, x, cos, sin, mask, causal, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, causal, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -180,12 +178,18 @@ class ToddlerLM(nn.Module):
                 position_ids = torch.arange(past, past + T, device=ids.device).expand(B, T)
         cos = self.rope_cos[position_ids].unsqueeze(1)  # (B, 1, T, head_dim)
         sin = self.rope_sin[position_ids].unsqueeze(1)
+        if attention_mask is None and past and T > 1:  # a chunk after cached tokens: causal from `past` on
+            attention_mask = torch.ones(B, past + T, dtype=torch.long, device=ids.device)
         mask = None if attention_mask is None else self.attention_bias_mask(attention_mask, T)
+        # Without a mask: causal from an empty cache (training, scoring, prefill); one token after cached
+        # ones sees them all. A Python bool of `past`, not of T, so that compiling with dynamic lengths
+        # keeps one graph (a bool of a symbolic T would break it at every new length).
+        causal = mask is None and past == 0
 
         x = self.embed_tokens(ids)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i)
+            x = layer(x, cos, sin, mask, causal, cache, i)
         if cache is not None:
             cache.length += T
         if logits_to_keep:

@@ -166,3 +166,18 @@ def test_logits_to_keep_returns_the_last_positions():
         full = model(ids)
         torch.testing.assert_close(model(ids, logits_to_keep=1), full[:, -1:])
         torch.testing.assert_close(model(ids, logits_to_keep=3), full[:, -3:])
+
+
+def test_a_chunk_after_cached_tokens_is_causal_from_the_cache_on():
+    """Prefill 5 tokens, then feed 4 at once: each new token sees the cache and the chunk up to itself,
+    as in one full causal pass (SDPA's is_causal would align the chunk's queries with the first keys)."""
+    from minitoddler.model import KVCache
+    torch.manual_seed(0)
+    model = ToddlerLM(preset("tiny")).eval()
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 9))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache.empty(model.cfg, 2, 9, "cpu", torch.float32)
+        first = model(ids[:, :5], cache=cache)
+        chunk = model(ids[:, 5:], cache=cache)
+    assert torch.allclose(first, full[:, :5], atol=1e-5) and torch.allclose(chunk, full[:, 5:], atol=1e-5)
