@@ -317,10 +317,9 @@ def main(cfg: DPOConfig) -> Path:
     if before:
         log.write(step=0, dtype=precision.name, **before)
 
-    def save(done):
-        if ddp.is_main:
-            save_checkpoint(ckpt_dir, model, optimizer, done, {"setup": setup, "config": asdict(cfg)},
-                            tokenizer=tokenizer_dir)
+    def save(done):  # every process: their RNG states are gathered; the main one writes
+        save_checkpoint(ckpt_dir, model, optimizer, done, {"setup": setup, "config": asdict(cfg)},
+                        tokenizer=tokenizer_dir)
 
     progress, stop = Progress(steps, start, ddp.is_main), StopFlag()
     metrics = before or {}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from minitoddler.checkpoint import model_from_arg, save_model
 from minitoddler.cli import parse_config, run
 from minitoddler.data.shards import TokenLoader, default_shards, read_meta, shard_tokenizer_dir
-from minitoddler.distributed import Dist, grad_accum_steps, unwrap, wrap_for_training
+from minitoddler.distributed import Dist, plan_batch, unwrap, wrap_for_training
 from minitoddler.precision import Precision, device_peak_flops, resolve_dtype
 from minitoddler.startup import end_run, print0, start_run
 from minitoddler.train_state import resume_checkpoint, save_checkpoint
@@ -40,7 +40,8 @@ class PretrainConfig:
     out: str = "runs/pretrain"
     steps: int = 25000
     batch_tokens: int = 36864     # tokens per optimizer step, summed over processes and accumulation
-    device_batch_size: int = 16   # sequences per forward pass on each process
+    device_batch_size: int = 16   # sequences per forward pass on each process (at most: lowered to one that
+                                  # splits --batch-tokens evenly over the processes)
     seq_len: int = 0              # 0 = the model's context
     lr: float = 2.5e-3
     warmup_steps: int = 0         # 0 = 1% of --steps (250 for the 25k-step reproduction)
@@ -151,7 +152,11 @@ def main(cfg: PretrainConfig) -> Path:
     precision = resolve_dtype(cfg.dtype, device)
     model = model_from_arg(cfg.model, device)
     seq_len = cfg.seq_len or model.cfg.max_position_embeddings
-    accum = grad_accum_steps(cfg.batch_tokens, cfg.device_batch_size, seq_len, ddp.world_size)
+    device_batch, accum = plan_batch(cfg.batch_tokens, cfg.device_batch_size, seq_len, ddp.world_size)
+    if device_batch != cfg.device_batch_size:
+        print0(f"note: device batch {device_batch} instead of {cfg.device_batch_size}, so that {cfg.batch_tokens} "
+               f"tokens split evenly over {ddp.world_size} process(es) x {accum} accumulation steps")
+        cfg.device_batch_size = device_batch
     data = open_data(cfg, out, model, seq_len, ddp)
     loader = data.loader
     warmup = cfg.warmup_steps or max(1, cfg.steps // 100)
@@ -173,10 +178,9 @@ def main(cfg: PretrainConfig) -> Path:
            f"dtype {precision}")
     log.write(step=start, dtype=precision.name, dtype_reason=precision.reason, peak_flops=peak)
 
-    def save(step):
-        if ddp.is_main:
-            save_checkpoint(ckpt_dir, model, optimizer, step,
-                            {"loader": loader.state_dict(), "config": asdict(cfg)}, tokenizer=data.tokenizer_dir)
+    def save(step):  # every process: their RNG states are gathered; the main one writes
+        save_checkpoint(ckpt_dir, model, optimizer, step, {"loader": loader.state_dict(), "config": asdict(cfg)},
+                        tokenizer=data.tokenizer_dir)
 
     def validate(done: int) -> tuple[float, float]:
         val = TokenLoader(data.shards, "val", data.val_batch, seq_len, cfg.seed, ddp.rank, ddp.world_size)

@@ -411,13 +411,12 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
     if held_out and resumed_at == 0 and ddp.is_main:
         before = held_out_rewards(learner, tokenizer, reward, held_out, sampling, cfg, log, 0)
 
-    def save(step):
-        if ddp.is_main:
-            head = learner.head
-            head_tensors = {f"value_head.{k}": v for k, v in head.state_dict().items()} if head else None
-            save_checkpoint(ckpt_dir, policy, learner.optimizer, step,
-                            {"setup": setup, "kl_coef": kl_ctl.value, "config": asdict(cfg)},
-                            tokenizer=tokenizer_dir, extra_tensors=head_tensors)
+    def save(step):  # every process: their RNG states are gathered; the main one writes
+        head = learner.head
+        head_tensors = {f"value_head.{k}": v for k, v in head.state_dict().items()} if head else None
+        save_checkpoint(ckpt_dir, policy, learner.optimizer, step,
+                        {"setup": setup, "kl_coef": kl_ctl.value, "config": asdict(cfg)},
+                        tokenizer=tokenizer_dir, extra_tensors=head_tensors)
 
     progress, stop = Progress(cfg.steps, resumed_at, ddp.is_main), StopFlag()
     per_process = cfg.batch_prompts // ddp.world_size

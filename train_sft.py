@@ -254,10 +254,9 @@ def main(cfg: SFTConfig) -> Path:
                         f"{cfg.batch_size} pairs/step", describe_curriculum(cfg, cur, max_len))
            + f"\ndtype {precision}")
 
-    def save(step):
-        if ddp.is_main:
-            save_checkpoint(ckpt_dir, model, optimizer, step, {"setup": setup, "config": asdict(cfg)},
-                            tokenizer=tokenizer_dir)
+    def save(step):  # every process: their RNG states are gathered; the main one writes
+        save_checkpoint(ckpt_dir, model, optimizer, step, {"setup": setup, "config": asdict(cfg)},
+                        tokenizer=tokenizer_dir)
 
     def validate(done: int, stage: int | None) -> float:
         loss = evaluate(model, cur.val, cfg.device_batch_size, pad_id, device, ddp, precision)

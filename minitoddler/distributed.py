@@ -36,12 +36,33 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     return d, device
 
 
-def grad_accum_steps(batch_tokens: int, device_batch: int, seq_len: int, world_size: int) -> int:
-    per_micro = device_batch * seq_len * world_size
-    if batch_tokens % per_micro:
-        raise ValueError(f"--batch-tokens {batch_tokens} is not a multiple of device batch {device_batch} x "
-                         f"seq {seq_len} x {world_size} processes = {per_micro}")
-    return batch_tokens // per_micro
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any (a stop request, a non-finite loss): so that all
+    of them leave the loop at the same step instead of one waiting in an all-reduce for the others."""
+    if not dist.is_initialized():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def plan_batch(batch_tokens: int, device_batch: int, seq_len: int, world_size: int) -> tuple[int, int]:
+    """(device batch, accumulation steps) that make exactly `batch_tokens` tokens per optimizer step on
+    `world_size` processes: the largest device batch up to the one asked for that divides each process'
+    share of sequences (36,864 tokens of 256 on 8 processes: 18 sequences each, so 9 x 2, not 16).
+    A global batch that cannot be split evenly is an error naming values that work."""
+    sequences, rest = divmod(batch_tokens, seq_len)
+    if rest or sequences % world_size:
+        fits = [w for w in range(1, 17) if batch_tokens % (seq_len * w) == 0]
+        raise ValueError(f"--batch-tokens {batch_tokens} is not {seq_len}-token sequences split evenly over "
+                         f"{world_size} processes: use a multiple of {seq_len * world_size} tokens "
+                         f"(e.g. {seq_len * world_size * max(1, round(batch_tokens / (seq_len * world_size)))})"
+                         f", or {'/'.join(map(str, fits)) or 'no'} processes")
+    per_process = sequences // world_size
+    fitted = max(d for d in range(1, max(1, min(device_batch, per_process)) + 1) if per_process % d == 0)
+    return fitted, per_process // fitted
+
 
 def wrap_for_training(model, ddp: Dist, device: torch.device, compile: bool):
     """The module the loop calls: DDP around the model when there are several processes, compiled on request."""

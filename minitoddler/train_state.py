@@ -10,16 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import load_state, read_safetensors, save_model
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """This process' generators: torch's CPU one, the CUDA one of its own device (only when this process
+    has used CUDA: a --device cpu run on a GPU machine must not initialise it), Python's and numpy's."""
     tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"torch_cuda_{i}"] = s
+    if torch.cuda.is_initialized():
+        tensors["torch_cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     py = random.getstate()
     np_state = np.random.get_state()
     meta = {"python": [py[0], list(py[1]), py[2]],
@@ -28,14 +30,40 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Restore `rng_state`'s generators (the CUDA one into this process' current device, if it has one)."""
     torch.set_rng_state(tensors["torch_cpu"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    if "torch_cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["torch_cuda"], torch.cuda.current_device())
     v, state, gauss = meta["python"]
     random.setstate((v, tuple(state), gauss))
     kind, keys, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def gather_rng_states() -> tuple[dict[str, torch.Tensor], list[dict]] | None:
+    """Every process' `rng_state`, on the main process as flat tensors `rank{r}.{name}` and a list of
+    metas (one per rank); None on the others. A collective under torchrun: every process calls it."""
+    mine = rng_state()
+    if dist.is_initialized():
+        everyone = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(mine, everyone, dst=0)
+        if dist.get_rank() != 0:
+            return None
+    else:
+        everyone = [mine]
+    tensors = {f"rank{r}.{k}": v for r, (t, _) in enumerate(everyone) for k, v in t.items()}
+    return tensors, [meta for _, meta in everyone]
+
+
+def restore_rng_states(tensors: dict[str, torch.Tensor], metas: list[dict] | dict) -> None:
+    """This process' generators from `gather_rng_states`' files (rank r takes rank r's; a run resumed on
+    more processes than it was saved from reuses them round-robin). Older single-process files too."""
+    if "torch_cpu" in tensors:  # saved before generators were kept per process
+        return set_rng_state({k: v for k, v in tensors.items() if k == "torch_cpu"}, metas)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank %= len(metas)
+    prefix = f"rank{rank}."
+    set_rng_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, metas[rank])
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -58,18 +86,22 @@ def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
 
 def save_checkpoint(directory: str | Path, model, optimizer, step: int, extra: dict,
                     tokenizer: str | Path | None = None,
-                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write model (HF layout), optimizer, RNG, `extra` (JSON: data position, config, a KL
-    controller, ...) and `extra_tensors` (a value head, ...; in extra.safetensors) to `directory`,
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path | None:
+    """Write model (HF layout), optimizer, every process' RNG, `extra` (JSON: data position, config, a
+    KL controller, ...) and `extra_tensors` (a value head, ...; in extra.safetensors) to `directory`,
     atomically as a whole: everything goes to a temporary directory which then replaces the old
-    one, so a crash at any moment leaves one complete checkpoint."""
+    one, so a crash at any moment leaves one complete checkpoint. Under torchrun every process calls
+    it (their RNG states are gathered); the main one writes and returns the directory, the others None."""
+    gathered = gather_rng_states()
+    if gathered is None:
+        return None
+    rng_tensors, rng_meta = gathered
     final = Path(directory)
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tmp, tokenizer=tokenizer)
     opt_tensors, groups = optimizer_to_flat(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    rng_tensors, rng_meta = rng_state()
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
     if extra_tensors:
         save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()},
@@ -102,7 +134,7 @@ def load_checkpoint(directory: str | Path, model, optimizer) -> dict:
     state = json.loads((directory / "trainer_state.json").read_text())
     load_state(model, read_safetensors(directory), str(directory))
     optimizer_from_flat(optimizer, load_file(str(directory / "optimizer.safetensors")), state["param_groups"])
-    set_rng_state(load_file(str(directory / "rng.safetensors")), state["rng"])
+    restore_rng_states(load_file(str(directory / "rng.safetensors")), state["rng"])
     extra = directory / "extra.safetensors"
     state["tensors"] = load_file(str(extra)) if extra.is_file() else {}
     return state

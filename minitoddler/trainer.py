@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import save_model
+from .distributed import any_process
 from .lora import merge_lora, save_adapter
 from .train_state import find_checkpoint
 
@@ -69,10 +70,11 @@ class NonFiniteLoss(RuntimeError):
 
 
 def check_finite(loss: torch.Tensor, step: int) -> float:
-    """The loss as a float; NonFiniteLoss if it is NaN/inf."""
+    """The loss as a float; NonFiniteLoss if it is NaN/inf here or in any other process (so that all stop)."""
     value = loss.item()
-    if not math.isfinite(value):
-        raise NonFiniteLoss(f"loss is {value} at step {step}; stopping without saving (the last good "
+    if any_process(not math.isfinite(value)):
+        what = value if not math.isfinite(value) else "NaN/inf in another process"
+        raise NonFiniteLoss(f"loss is {what} at step {step}; stopping without saving (the last good "
                             "checkpoint is kept). Lower the learning rate or check the data.")
     return value
 
@@ -113,7 +115,7 @@ def save_or_stop(done: int, total: int, every: int, stop: "StopFlag", save, prog
                  is_main: bool, out: Path) -> bool:
     """After each step: checkpoint when `due` or when Ctrl-C/SIGTERM asked; True when the loop must end
     here (the progress display is closed and the resume command printed)."""
-    stopping = stop.requested  # read once: a signal between two reads must not skip the save
+    stopping = any_process(stop.requested)  # read once: a signal between two reads must not skip the save
     if due(done, every, total) or stopping:
         save(done)
     if stopping:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 import train_pretrain
 from minitoddler.config import preset
 from minitoddler.data.shards import default_shards
+from minitoddler.distributed import plan_batch
 from minitoddler.model import ToddlerLM
 from minitoddler.trainer import NonFiniteLoss, check_finite, lr_at, make_optimizer, set_lr
 
@@ -170,3 +171,32 @@ def test_two_process_ddp_matches_one_process(shards, tmp_path):
     assert a.keys() == b.keys()
     for k in a:  # an Adam step moves a weight by ~lr = 3e-3; summation order alone, by ~2e-5
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8, 9])
+def test_default_global_batch_splits_over_any_usual_world_size(world):
+    """36,864 tokens of 256 = 144 sequences: device batch at most 16, accumulation makes up the rest, and
+    device x accumulation x processes x 256 is exactly the global batch (worlds 2, 4, 8 used to refuse)."""
+    device, accum = plan_batch(36864, 16, 256, world)
+    assert device <= 16 and device * accum * world * 256 == 36864
+    assert device == {1: 16, 2: 12, 3: 16, 4: 12, 8: 9, 9: 16}[world]  # the largest that divides 144 / world
+
+
+def test_a_global_batch_that_cannot_split_names_what_works():
+    with pytest.raises(ValueError, match=r"--batch-tokens 36864 .* 5 processes: use a multiple of 1280 tokens "
+                                         r"\(e.g. 37120\), or 1/2/3/4/6/8/9/12/16 processes"):
+        plan_batch(36864, 16, 256, 5)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_torchrun_starts_pretraining_with_the_default_global_batch(shards, tmp_path, world):
+    out = tmp_path / f"w{world}"
+    args = ["--model", "tiny", "--data", str(shards), "--steps", "1", "--eval-batches", "1", "--device", "cpu",
+            "--dtype", "fp32", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}",
+                           "--standalone", "train_pretrain.py", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"36864 tokens/step = {world} proc x" in done.stdout
+    assert (out / "final" / "model.safetensors").is_file()

@@ -1,6 +1,10 @@
 """The loop skeleton every training script shares: cadence, progress lines, resume with its checks,
 extra tensors in checkpoints, the non-finite guard."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +14,8 @@ from minitoddler.model import ToddlerLM
 from minitoddler.startup import start_run
 from minitoddler.train_state import resume_checkpoint, save_checkpoint
 from minitoddler.trainer import NonFiniteLoss, check_finite, due, make_optimizer, progress_line, stop_on_nonfinite
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_due_every_n_and_at_the_end():
@@ -87,3 +93,95 @@ def test_stop_on_nonfinite_names_the_last_good_checkpoint(tmp_path):
     with pytest.raises(KeyError):
         with stop_on_nonfinite(tmp_path / "checkpoint"):
             raise KeyError("x")
+
+
+DDP_SCRIPT = '''
+import os, signal, sys, torch
+sys.path.insert(0, {repo!r})
+from minitoddler.distributed import init_distributed
+from minitoddler.trainer import Progress, StopFlag, check_finite, NonFiniteLoss, save_or_stop
+ddp, _ = init_distributed("cpu")
+stop = StopFlag()
+if ddp.rank == 1:
+    os.kill(os.getpid(), signal.SIGTERM)  # only this process is signalled
+saved = []
+ending = save_or_stop(3, 10, 0, stop, saved.append, Progress(10, 0, False), False, "out")
+try:
+    check_finite(torch.tensor(float("nan") if ddp.rank == 0 else 1.0), 3)
+    finite = "finite"
+except NonFiniteLoss as e:
+    finite = str(e).split(";")[0]
+print(f"rank {{ddp.rank}}: ending {{ending}}, saved {{saved}}, {{finite}}", flush=True)
+'''
+
+
+def test_a_stop_or_a_nan_in_one_process_reaches_every_process(tmp_path):
+    """Two gloo processes: SIGTERM in one makes both save and end at the same step; a NaN loss in one makes
+    both stop (one process leaving alone would leave the other waiting in an all-reduce until a timeout)."""
+    script = tmp_path / "ddp_stop.py"
+    script.write_text(DDP_SCRIPT.format(repo=str(REPO)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--standalone", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = sorted(ln for ln in done.stdout.splitlines() if ln.startswith("rank"))
+    assert lines == ["rank 0: ending True, saved [3], loss is nan at step 3",
+                     "rank 1: ending True, saved [3], loss is NaN/inf in another process at step 3"]
+
+
+RNG_SCRIPT = '''
+import sys, torch
+sys.path.insert(0, {repo!r})
+from minitoddler.config import preset
+from minitoddler.distributed import init_distributed
+from minitoddler.model import ToddlerLM
+from minitoddler.train_state import load_checkpoint, save_checkpoint
+from minitoddler.trainer import make_optimizer
+ddp, _ = init_distributed("cpu")
+model = ToddlerLM(preset("tiny"))
+opt = make_optimizer(model, 1e-3, 0.0)
+if sys.argv[1] == "save":
+    torch.manual_seed(100 + ddp.rank)
+    save_checkpoint({ckpt!r}, model, opt, 1, {{}})
+else:
+    load_checkpoint({ckpt!r}, model, opt)
+print(f"rank {{ddp.rank}}: {{torch.rand(3).tolist()}}", flush=True)
+'''
+
+
+def test_each_process_resumes_its_own_random_state(tmp_path):
+    """Under torchrun every process' generators are saved, and each process gets its own back (they used
+    to be rank 0's for everyone)."""
+    script = tmp_path / "ddp_rng.py"
+    script.write_text(RNG_SCRIPT.format(repo=str(REPO), ckpt=str(tmp_path / "ck")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(phase):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                               str(script), phase], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return sorted(ln for ln in done.stdout.splitlines() if ln.startswith("rank"))
+
+    saved, resumed = run("save"), run("load")
+    assert resumed == saved and saved[0].split(":")[1] != saved[1].split(":")[1]
+
+
+def test_cuda_generator_of_the_own_device_only(tmp_path, monkeypatch):
+    """A checkpoint written on GPU 3 of 8 resumes on a machine with one GPU: one CUDA state per process
+    (the current device's), restored into the current device, where all 8 visible ones used to be saved
+    and set_rng_state_all failed with fewer. A process that never used CUDA saves none."""
+    model, opt = tiny_model_and_optimizer()
+    save_checkpoint(tmp_path / "cpu", model, opt, 1, {})
+    from safetensors.torch import load_file
+    assert set(load_file(str(tmp_path / "cpu" / "rng.safetensors"))) == {"rank0.torch_cpu"}
+    state = torch.arange(16, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: state if device == 3 else None)
+    save_checkpoint(tmp_path / "gpu", model, opt, 1, {})
+    restored = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((s.tolist(), device)))
+    resume_checkpoint(tmp_path / "gpu", model, opt, is_main=False)
+    assert restored == [(state.tolist(), 0)]
