@@ -202,7 +202,7 @@ def main(cfg: PretrainConfig) -> Path:
             dt = time.time() - t0
             done = step + 1
             tok_s = cfg.batch_tokens / dt
-            mfu = flops_per_step / dt / peak
+            mfu = flops_per_step / dt / (peak * ddp.world_size)  # the global batch's FLOPs over all GPUs' peak
             progress.update(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
             if due(done, cfg.log_every, cfg.steps):
                 log.write(step=done, loss=loss, lr=lr, grad_norm=grad_norm, tok_s=tok_s, mfu=mfu,

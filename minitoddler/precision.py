@@ -13,23 +13,34 @@ from pathlib import Path
 
 import torch
 
-GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}
+# Datasheet dense bf16 FLOP/s by a piece of the device name, the first match wins: the H100 PCIe and NVL
+# cards have their own (lower) figures, the SXM module's name ("H100 80GB HBM3") only says H100.
+GPU_BF16_PEAK = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+                 ("A100", 312e12), ("L4", 121e12), ("4090", 165e12)]
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' picks cuda, then mps, then cpu."""
+    """'auto' picks cuda, then mps, then cpu. On CUDA, fp32 matmuls and convolutions may use TF32 (the
+    tensor cores; ~10 bits of mantissa in the products, fp32 accumulation): every fp32 path (--dtype fp32,
+    chat, serve, the teacher and the reward LMs) would otherwise run on the slow FP32 units."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def gpu_has_bf16(device=None) -> bool:
+    """Native bf16 tensor cores: compute capability 8.0 (Ampere) or newer. torch.cuda.is_bf16_supported()
+    also says yes on V100/T4, which emulate it (and SDPA falls back to its slow math kernel there)."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def autocast(device: torch.device):
     """bf16 autocast on GPUs that support it; fp32 (no autocast) elsewhere. For callers without a
     --dtype flag; the scripts use `resolve_dtype(cfg.dtype, device).autocast()`."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and gpu_has_bf16(device):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -94,12 +105,12 @@ def resolve_dtype(name: str, device: torch.device | str, flags: set[str] | None 
     if name == "fp32":
         return Precision("fp32", kind, "--dtype fp32")
     if kind == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return Precision("bf16", kind, "--dtype bf16" if name == "bf16" else "auto: the GPU supports bf16")
+        if gpu_has_bf16(device):
+            return Precision("bf16", kind, "--dtype bf16" if name == "bf16" else "auto: the GPU computes bf16 natively")
         if name == "bf16":
-            raise ValueError(f"--dtype bf16: {torch.cuda.get_device_name()} does not support bf16; "
-                             "use --dtype fp32 or auto")
-        return Precision("fp32", kind, "auto: the GPU lacks bf16")
+            raise ValueError(f"--dtype bf16: {torch.cuda.get_device_name(device)} has no native bf16 (compute "
+                             "capability below 8.0); use --dtype fp32 (TF32 is on) or auto")
+        return Precision("fp32", kind, "auto: fp32 with TF32, the GPU has no native bf16 (before Ampere)")
     if kind != "cpu":
         return Precision(name if name == "bf16" else "fp32", kind,
                          "--dtype bf16" if name == "bf16" else f"auto: fp32 on {kind}")
@@ -141,7 +152,7 @@ def device_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) 
     dname = "bf16" if dtype == torch.bfloat16 else "fp32"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        peak = next((v for k, v in GPU_BF16_PEAK.items() if k in name), None)
+        peak = next((v for k, v in GPU_BF16_PEAK if k in name), None)
         if peak and dtype == torch.bfloat16:
             return peak, f"{name} datasheet bf16"
         return measure_matmul_flops(dtype, device), f"measured {dname} matmul on {name}"

@@ -15,7 +15,7 @@ from minitoddler.data.shards import TokenLoader, default_shards
 from minitoddler.evals.minimal_pairs import encode, evaluate_pairs, first_per_paradigm, load_pairs
 from minitoddler.logprobs import sequence_logprobs
 from minitoddler.tokenizer import load_tokenizer
-from minitoddler.precision import cpu_flags, device_peak_flops, resolve_dtype
+from minitoddler.precision import cpu_flags, device_peak_flops, pick_device, resolve_dtype
 
 AVX2_ONLY = {"fpu", "sse4_2", "avx", "avx2", "fma", "f16c"}           # e.g. an older EPYC: no native bf16
 AVX512_BF16 = AVX2_ONLY | {"avx512f", "avx512bw", "avx512_bf16"}     # this workplace's newer EPYC
@@ -35,6 +35,34 @@ def test_auto_picks_bf16_only_where_the_cpu_computes_it_natively():
     assert "slower" not in resolve_dtype("bf16", "cpu", flags=AVX512_BF16).reason
     with pytest.raises(ValueError, match="--dtype must be one of auto, fp32, bf16; got 'fp16'"):
         resolve_dtype("fp16", "cpu")
+
+
+@pytest.mark.parametrize("capability, name", [((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_gpus_before_ampere_get_fp32_not_emulated_bf16(monkeypatch, capability, name):
+    """V100 (7.0) and T4 (7.5) emulate bf16 (torch.cuda.is_bf16_supported() says yes): auto means fp32 + TF32
+    there, and an explicit bf16 is refused; A100 (8.0) and H100 (9.0) compute it natively."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a mocked GPU")
+    assert resolve_dtype("auto", "cuda").name == name
+    if name == "fp32":
+        with pytest.raises(ValueError, match="no native bf16"):
+            resolve_dtype("bf16", "cuda")
+
+
+def test_cuda_turns_tf32_on_and_reads_the_right_peak(monkeypatch):
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        assert pick_device("cpu").type == "cpu" and not torch.backends.cuda.matmul.allow_tf32
+        assert pick_device("cuda").type == "cuda"  # naming a device allocates nothing
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    for gpu, peak in (("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12), ("NVIDIA H100 80GB HBM3", 989e12),
+                      ("NVIDIA A100-SXM4-80GB", 312e12)):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, gpu=gpu: gpu)
+        assert device_peak_flops(torch.device("cuda"), torch.bfloat16) == (peak, f"{gpu} datasheet bf16")
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):

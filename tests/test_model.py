@@ -181,3 +181,29 @@ def test_a_chunk_after_cached_tokens_is_causal_from_the_cache_on():
         first = model(ids[:, :5], cache=cache)
         chunk = model(ids[:, 5:], cache=cache)
     assert torch.allclose(first, full[:, :5], atol=1e-5) and torch.allclose(chunk, full[:, 5:], atol=1e-5)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_compiles_once_for_every_length_forward_and_backward(lora):
+    """torch.compile(dynamic=True, fullgraph=True) traces the whole model (no graph break) and serves three
+    sequence lengths with at most two graphs, LoRA included: SFT, DPO and RL batches vary in length.
+    (A bool of the symbolic length in the attention broke the graph in every layer.)"""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from minitoddler.lora import LoraConfig, apply_lora
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(preset("tiny"), num_hidden_layers=1, vocab_size=256)
+    model = ToddlerLM(cfg)
+    if lora:
+        apply_lora(model, LoraConfig(rank=4, alpha=8, dropout=0.0))
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="aot_eager")
+    for T in (7, 13, 21):
+        ids = torch.randint(0, 256, (2, T))
+        out = compiled(ids)
+        out.logsumexp(-1).mean().backward()
+        torch.testing.assert_close(out, model(ids), atol=1e-5, rtol=1e-5)
+    assert counters["stats"]["unique_graphs"] <= 2
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    torch._dynamo.reset()

@@ -200,3 +200,7 @@ def test_torchrun_starts_pretraining_with_the_default_global_batch(shards, tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"36864 tokens/step = {world} proc x" in done.stdout
     assert (out / "final" / "model.safetensors").is_file()
+    rows = metrics(out)
+    peak, step = rows[0]["peak_flops"], next(r for r in rows if "mfu" in r)
+    flops_per_token = ToddlerLM(preset("tiny")).flops_per_token(256)  # MFU: the global FLOPs over every
+    assert step["mfu"] == pytest.approx(step["tok_s"] * flops_per_token / (peak * world), rel=1e-6)  # process' peak

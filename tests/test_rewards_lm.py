@@ -118,6 +118,21 @@ def test_judge_expected_rating_over_digit_probabilities(lm):
     assert judge.score(["a", "where is the dog ?"], ["b", "outside"]).tolist() == pytest.approx([want, want], abs=1e-4)
 
 
+def test_judge_expected_rating_of_rows_of_different_lengths_equals_each_alone(lm):
+    """Batched rows (left-padded, the last position only) score as each row alone through the full model."""
+    _, tok, _ = lm
+    torch.manual_seed(0)
+    model = ToddlerLM(ModelConfig(**{**PRESETS["tiny"], "vocab_size": tok.get_vocab_size()})).eval()
+    judge = JudgeReward(model, tok, expected=True)
+    prompts, replies = ["hi", "where is the big red dog going now ?"], ["yes", "outside with daddy"]
+    alone = []
+    for p, r in zip(prompts, replies):
+        with torch.no_grad():
+            last = model(torch.tensor([judge.prompt_ids(p, r)]))[0, -1]
+        alone.append(float(last[judge.digit_ids].softmax(-1) @ torch.arange(6.0)))
+    assert judge.score(prompts, replies).tolist() == pytest.approx(alone, abs=1e-5)
+
+
 def test_parse_rating():
     assert [parse_rating(a) for a in ("4", "I'd say 3.", "2.5 out of 5", "10", "no idea", "")] == \
         [4.0, 3.0, 2.5, 5.0, None, None]

@@ -130,6 +130,15 @@ def test_bad_input_says_what_to_do(setup, tmp_path):
         run(setup, rl_config(setup, tmp_path / "long", max_prompt_len=200, max_new_tokens=100))
 
 
+def test_prompts_that_do_not_split_over_the_processes_are_refused(setup, tmp_path, monkeypatch):
+    """25 prompts on 8 processes used to train on 24 (25 // 8 each), silently."""
+    from minitoddler.distributed import Dist
+    monkeypatch.setattr(train_rl, "start_run", lambda device, out, seed: (Dist(0, 0, 8), torch.device("cpu"),
+                                                                         Path(out)))
+    with pytest.raises(ValueError, match="--batch-prompts 25 must be a multiple of the 8 processes"):
+        run(setup, rl_config(setup, tmp_path, batch_prompts=25))
+
+
 def test_command_line_runs_grpo_and_writes_final(setup, tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "train_rl.py", "--algo", "grpo", "--model", str(setup["model"]), "--data",

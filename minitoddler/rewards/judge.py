@@ -87,12 +87,15 @@ class JudgeReward:
         self.model.eval()
         for i in range(0, len(ids), self.batch_size):
             rows = ids[i:i + self.batch_size]
-            batch = torch.zeros((len(rows), max(map(len, rows))), dtype=torch.long)
-            for r, row in enumerate(rows):
-                batch[r, :len(row)] = torch.tensor(row)  # right padding: causal attention never sees it
-            logits = self.model(batch.to(device)).float().cpu()
-            last = logits[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
-            probs = last[:, self.digit_ids].softmax(-1)
+            width = max(map(len, rows))
+            batch = torch.zeros((len(rows), width), dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, row in enumerate(rows):  # left padding: every row's last token in the last column
+                batch[r, width - len(row):], mask[r, width - len(row):] = torch.tensor(row), 1
+            # The last position only, the six digits only, to the CPU: the full (B, T, vocab) logits would be
+            # ~1 GB per 16 rows at a 128k vocabulary, and copying them over would dominate the reward.
+            last = self.model(batch.to(device), attention_mask=mask.to(device), logits_to_keep=1)[:, -1]
+            probs = last[:, self.digit_ids.to(device)].float().softmax(-1).cpu()
             out.append(probs @ torch.arange(6, dtype=torch.float32))
         self.model.train(was_training)
         return torch.cat(out)
