@@ -121,9 +121,9 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
     except FileNotFoundError as e:
         raise CheckpointError(str(e)) from None
     tensors = read_safetensors(directory)
-    model = ToddlerLM(cfg)
+    model = ToddlerLM.empty(cfg, device)
     load_state(model, tensors, str(directory))
-    return model.to(device=device, dtype=dtype)
+    return model.to(dtype=dtype)
 
 
 def model_from_arg(spec: str, device="cpu") -> ToddlerLM:

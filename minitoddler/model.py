@@ -133,12 +133,31 @@ class ToddlerLM(nn.Module):
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        positions = torch.arange(cfg.max_position_embeddings, dtype=torch.float32)
-        angles = torch.outer(positions, rope_inv_freq(cfg))
-        angles = torch.cat((angles, angles), dim=-1)  # (max_pos, head_dim)
-        self.register_buffer("rope_cos", angles.cos(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        self.init_rotary()
         self.init_weights()
+
+    @torch.no_grad()
+    def init_rotary(self):
+        """The rotary cos/sin tables (max positions, head_dim), fp32, on the model's device."""
+        device = self.embed_tokens.weight.device
+        positions = torch.arange(self.cfg.max_position_embeddings, dtype=torch.float32, device=device)
+        angles = torch.outer(positions, rope_inv_freq(self.cfg).to(device))
+        angles = torch.cat((angles, angles), dim=-1)
+        self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, device) -> "ToddlerLM":
+        """A model whose weights are allocated on `device` but not initialised (they are about to be loaded):
+        built on the meta device, so neither the host's memory nor a random initialisation is spent."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.to_empty(device=device)
+        if cfg.tie_word_embeddings:
+            model.lm_head.weight = model.embed_tokens.weight
+        model.init_rotary()
+        return model
 
     @torch.no_grad()
     def init_weights(self):

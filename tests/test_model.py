@@ -207,3 +207,18 @@ def test_compiles_once_for_every_length_forward_and_backward(lora):
     assert counters["stats"]["unique_graphs"] <= 2
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     torch._dynamo.reset()
+
+
+def test_loading_builds_on_the_meta_device_without_a_random_init(tmp_path):
+    """load_model allocates the weights on the target device and copies the file in: no initialisation
+    (which drew ~155M random numbers for nothing, on the host, before a 3B teacher moved to its GPU)."""
+    torch.manual_seed(0)
+    model = ToddlerLM(preset("tiny"))
+    save_model(model, tmp_path)
+    state = torch.get_rng_state()
+    loaded = load_model(tmp_path)
+    assert torch.equal(torch.get_rng_state(), state)  # nothing random ran
+    assert loaded.lm_head.weight is loaded.embed_tokens.weight
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
