@@ -123,7 +123,7 @@ def reply_loss(model, tokenizer, pairs: list[dict]) -> float:
     for i in range(0, len(examples), 16):
         ids, mask = collate(examples[i:i + 16], pad_id=0)
         loss, n = response_loss_sum(model(ids), ids, mask)
-        total, count = total + loss.item(), count + n
+        total, count = total + loss.item(), count + n.item()
     return total / count
 
 

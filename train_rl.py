@@ -79,6 +79,7 @@ class RLConfig:
     lora_dropout: float = 0.0      # 0 keeps sampling and training the very same policy
     lora_targets: str = "q,k,v,o,gate,up,down"
     device_batch_size: int = 16    # rows per forward/backward pass
+    rollout_batch: int = 0         # rows per generate call (caps the KV cache); 0 = the whole rollout in one call
     chunk_size: int = 64           # positions per lm_head chunk in the log-prob passes
     clip_eps: float = 0.2          # policy ratio clip (both algorithms)
     # GRPO
@@ -224,34 +225,43 @@ def rollout_and_score(learner: Learner, tokenizer, reward: CombinedReward, promp
                   ref_lp, generation_time)
 
 
+def grpo_micro_step(learner: Learner, batch: Scored, advantages: torch.Tensor, rows: slice, cfg: RLConfig
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Forward, GRPO loss and backward of the rows `rows`, the loss weighted by their share of the step.
+    Returns the weighted loss and the kl/clip_frac summed over the rows' tokens (detached) and the
+    entropies; nothing is read back to the host, so the device never waits for Python here."""
+    mask = batch.mask[rows]
+    with learner.precision.autocast():
+        lp, ent, _ = forward_passes(learner.train_model, None, batch.ids, rows, cfg.chunk_size, batch.first)
+    old = lp.detach() if batch.old_lp is None else batch.old_lp[rows]
+    loss, st = grpo_loss(lp, old, batch.ref_lp[rows], advantages[rows], mask, cfg.clip_eps, cfg.beta,
+                         cfg.loss_norm, cfg.max_new_tokens)
+    n_rows = batch.ids.shape[0]
+    weight = mask.sum() / batch.mask.sum() if cfg.loss_norm == "token" else lp.shape[0] / n_rows
+    (loss * weight).backward()
+    tokens = mask.sum()
+    return (loss * weight).detach(), {k: v * tokens for k, v in st.items()}, ent
+
+
 def grpo_update(learner: Learner, batch: Scored, cfg: RLConfig, ddp, step: int) -> dict:
     """`cfg.mu` GRPO optimizer steps on one scored rollout, in micro-batches of `device_batch_size` rows
     (gradients accumulated; under DDP synchronised at the last one)."""
     stats = {}
     advantages, stats["zero_std_frac"] = group_advantages(batch.scores, cfg.generations, cfg.advantage_scale)
     advantages = advantages.to(learner.device)
-    ids, mask, n_rows, n_tokens = batch.ids, batch.mask, batch.ids.shape[0], batch.mask.sum()
-    micro = list(range(0, n_rows, cfg.device_batch_size))
+    micro = list(range(0, batch.ids.shape[0], cfg.device_batch_size))
     for _ in range(cfg.mu):
-        loss_total, parts, entropies = 0.0, [], []
+        loss, sums, entropies = 0.0, {"kl": 0.0, "clip_frac": 0.0}, []
         for j, s in enumerate(micro):
-            r = slice(s, s + cfg.device_batch_size)
             sync = j == len(micro) - 1 or ddp.world_size == 1
             with contextlib.nullcontext() if sync else learner.train_model.no_sync():
-                with learner.precision.autocast():
-                    lp, ent, _ = forward_passes(learner.train_model, None, ids, r, cfg.chunk_size, batch.first)
-                entropies.append(ent)
-                old = lp.detach() if batch.old_lp is None else batch.old_lp[r]
-                loss, st = grpo_loss(lp, old, batch.ref_lp[r], advantages[r], mask[r], cfg.clip_eps, cfg.beta,
-                                     cfg.loss_norm, cfg.max_new_tokens)
-                weight = mask[r].sum() / n_tokens if cfg.loss_norm == "token" else lp.shape[0] / n_rows
-                (loss * weight).backward()
-            loss_total += float(loss.detach() * weight)
-            parts.append((float(mask[r].sum()), st))
-        check_finite(torch.tensor(loss_total), step)
+                part, st, ent = grpo_micro_step(learner, batch, advantages, slice(s, s + cfg.device_batch_size), cfg)
+            loss, entropies = loss + part, entropies + [ent]
+            sums = {k: sums[k] + st[k] for k in sums}
+        check_finite(loss, step)
         stats["grad_norm"] = clip_and_step(learner.trainable, learner.optimizer, cfg.grad_clip, step)
-    w = sum(n for n, _ in parts)
-    stats.update({k: sum(n * st[k] for n, st in parts) / w for k in ("kl", "clip_frac")}, loss=loss_total)
+    tokens = batch.mask.sum()
+    stats.update({k: float(v / tokens) for k, v in sums.items()}, loss=float(loss))
     if batch.entropy is None:  # mu = 1: the update's own pass measured it
         batch.entropy = torch.cat(entropies)
     return stats
@@ -392,7 +402,7 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
     reward = build_reward(reward_spec, {"device": cfg.device, **(reward_options or {})})
     pairs, prompts, held_out = prompt_sets(cfg, out, reward)
     sampling = SamplingConfig(cfg.format, cfg.system_prompt, cfg.generations, cfg.max_prompt_len,
-                              cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+                              cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.rollout_batch)
 
     learner = setup_learner(cfg, policy, ddp, device, precision)
     kl_ctl = AdaptiveKL(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)

@@ -97,7 +97,7 @@ def evaluate(model, examples, device_batch_size, pad_id, device, ddp, precision:
         with precision.autocast():
             logits = model(ids)
         loss, n = response_loss_sum(logits, ids, mask)
-        total += torch.tensor([loss.item(), n], dtype=torch.float64, device=device)
+        total += torch.stack([loss, n]).double()
     if dist.is_initialized():
         dist.all_reduce(total)
     model.train()

@@ -203,12 +203,15 @@ def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def response_loss_sum(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over the positions whose target has mask 1, and their count.
-    Divide the sum by the count over the whole optimizer step to get the mean per response token."""
-    targets, keep = ids[:, 1:], mask[:, 1:].bool()
-    loss = F.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="sum")
-    return loss, int(keep.sum())
+def response_loss_sum(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over the positions whose target has mask 1, and their count (both
+    0-d tensors). Divide the sum by the count over the whole optimizer step to get the mean per response
+    token. Every position's loss is computed and masked: boolean indexing would wait for the device to
+    say how many positions there are (a host sync per micro-batch) and give each batch its own shape."""
+    keep = mask[:, 1:].float()
+    losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+    return (losses * keep).sum(), keep.sum()
 
 
 @dataclass

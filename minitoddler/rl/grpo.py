@@ -48,7 +48,8 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
               advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float = 0.2, beta: float = 0.04,
               norm: str = "sequence", max_new_tokens: int | None = None) -> tuple[torch.Tensor, dict]:
     """The GRPO loss over (B, L) per-token log-probs (mask 1 on completion tokens) with (B,) advantages;
-    returns (loss, stats: kl, clip_frac). `ref_logprobs` None (or beta 0) leaves the KL term out."""
+    returns (loss, stats: kl, clip_frac as detached 0-d tensors: reading them as floats here would wait for
+    the device in every micro-batch). `ref_logprobs` None (or beta 0) leaves the KL term out."""
     mask = mask.float()
     ratio = torch.exp(logprobs - old_logprobs)
     adv = advantages[:, None]
@@ -67,4 +68,4 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     else:
         raise ValueError(f"loss normalisation must be one of {NORMS}, got {norm!r}")
     clipped = ((ratio < 1 - clip_eps) & (adv < 0)) | ((ratio > 1 + clip_eps) & (adv > 0))
-    return loss, {"kl": float(masked_mean(kl.detach(), mask)), "clip_frac": float(masked_mean(clipped.float(), mask))}
+    return loss, {"kl": masked_mean(kl.detach(), mask), "clip_frac": masked_mean(clipped.float(), mask)}

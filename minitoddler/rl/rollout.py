@@ -76,7 +76,7 @@ class SamplingConfig:
     max_new_tokens: int = 96
     temperature: float = 1.0
     top_p: float = 1.0
-    batch_size: int = 64           # rows per generate call (bounds the KV cache)
+    batch_size: int = 0            # rows per generate call (bounds the KV cache); 0 = the whole rollout at once
 
 
 @torch.no_grad()
@@ -96,8 +96,9 @@ def sample_rollout(model, tokenizer, prompts: list[str], cfg: SamplingConfig, se
     rows = [(p, ids) for p, ids in zip(prompts, rendered) for _ in range(cfg.generations)]
     stops = stop_ids(tokenizer, fmt, model.cfg.eos_token_id)
     completions = []
-    for s in range(0, len(rows), cfg.batch_size):
-        completions += generate(model, [ids for _, ids in rows[s:s + cfg.batch_size]], cfg.max_new_tokens,
+    per_call = cfg.batch_size or len(rows)
+    for s in range(0, len(rows), per_call):
+        completions += generate(model, [ids for _, ids in rows[s:s + per_call]], cfg.max_new_tokens,
                                 temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=stops, seed=seed + s)
     stop_set = set(stops)
     return Rollout([p for p, _ in rows], [ids for _, ids in rows], completions,
