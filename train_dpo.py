@@ -307,7 +307,7 @@ def main(cfg: DPOConfig) -> Path:
     ckpt_dir = out / "checkpoint"
     start = resume_checkpoint(ckpt_dir, model, optimizer, setup, ddp.is_main)["step"] if cfg.resume else 0
     ref_train, ref_val = reference_for(model, pairs, cfg, out / REFERENCE_FILE, data_hash, ddp, device, precision)
-    train_model = wrap_for_training(model, ddp, device, cfg.compile)
+    train_model = wrap_for_training(model, ddp, device, cfg.compile, dynamic=True)
     log = MetricsLog(out, enabled=ddp.is_main)
     print0(describe_run("dpo", cfg.model, model, lora, f"pairs {pairs.source}: {len(pairs.train)} train, "
                         f"{len(pairs.val)} held out", f"{cfg.loss} beta {cfg.beta}", f"{cfg.batch_size} pairs/step",

@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from minitoddler.checkpoint import model_from_arg, save_model
 from minitoddler.cli import parse_config, run
 from minitoddler.data.shards import TokenLoader, default_shards, read_meta, shard_tokenizer_dir
-from minitoddler.distributed import Dist, plan_batch, unwrap, wrap_for_training
+from minitoddler.distributed import Dist, compile_on, plan_batch, unwrap, wrap_for_training
 from minitoddler.precision import Precision, device_peak_flops, resolve_dtype
 from minitoddler.startup import end_run, print0, start_run
 from minitoddler.train_state import resume_checkpoint, save_checkpoint
@@ -56,7 +56,9 @@ class PretrainConfig:
     device: str = "auto"
     dtype: str = "auto"           # auto | fp32 | bf16; auto = bf16 where the GPU or CPU computes it natively
     seed: int = 1337
-    compile: bool = False
+    compile: str = field(default="auto", metadata={"const": "on", "help": (
+        "torch.compile the training step, loss included: auto = on CUDA only (slower start, faster steps), "
+        "on (also --compile alone) | off")})
     resume: bool = False
 
 
@@ -127,8 +129,15 @@ def open_data(cfg: PretrainConfig, out: Path, model, seq_len: int, ddp: Dist) ->
                 token_byte_lengths(tokenizer_dir, model.cfg.vocab_size))
 
 
-def train_step(train_model, model, optimizer, loader: TokenLoader, accum: int, cfg: PretrainConfig, ddp: Dist,
-               device, precision: Precision, step: int) -> tuple[float, float]:
+def next_token_loss(model, x: torch.Tensor, y: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """Mean cross-entropy of the next tokens: the forward pass and the loss, compiled as one (--compile)."""
+    with precision.autocast():
+        logits = model(x)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def train_step(train_model, loss_fn, model, optimizer, loader: TokenLoader, accum: int, cfg: PretrainConfig,
+               ddp: Dist, device, precision: Precision, step: int) -> tuple[float, float]:
     """One optimizer step over `accum` micro-batches: the mean loss over every process, and the gradient norm."""
     loss_sum = torch.zeros((), device=device)
     for micro in range(accum):
@@ -136,9 +145,7 @@ def train_step(train_model, model, optimizer, loader: TokenLoader, accum: int, c
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         sync = micro == accum - 1 or ddp.world_size == 1
         with contextlib.nullcontext() if sync else train_model.no_sync():
-            with precision.autocast():
-                logits = train_model(x)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)) / accum
+            loss = loss_fn(train_model, x, y, precision) / accum
             loss.backward()
         loss_sum += loss.detach()
     if dist.is_initialized():
@@ -168,7 +175,8 @@ def main(cfg: PretrainConfig) -> Path:
         start = state["step"]
         loader.load_state_dict(state["loader"])
 
-    train_model = wrap_for_training(model, ddp, device, cfg.compile)
+    train_model = wrap_for_training(model, ddp, device, compile=False)
+    loss_fn = torch.compile(next_token_loss) if compile_on(cfg.compile, device) else next_token_loss
     log = MetricsLog(out, enabled=ddp.is_main)
     peak, peak_src = device_peak_flops(device, precision.dtype)
     flops_per_step = unwrap(model).flops_per_token(seq_len) * cfg.batch_tokens
@@ -197,8 +205,8 @@ def main(cfg: PretrainConfig) -> Path:
             t0 = time.time()
             lr = lr_at(step, cfg.steps, cfg.lr, warmup, cfg.schedule, cfg.min_lr_ratio)
             set_lr(optimizer, lr)
-            loss, grad_norm = train_step(train_model, model, optimizer, loader, accum, cfg, ddp, device, precision,
-                                         step)
+            loss, grad_norm = train_step(train_model, loss_fn, model, optimizer, loader, accum, cfg, ddp, device,
+                                         precision, step)
             dt = time.time() - t0
             done = step + 1
             tok_s = cfg.batch_tokens / dt

@@ -368,7 +368,7 @@ def setup_learner(cfg: RLConfig, policy: ToddlerLM, ddp, device, precision: Prec
     head = ValueHead(policy.cfg.hidden_size).to(device) if cfg.algo == "ppo" else None
     trainable = torch.nn.ModuleList([policy] + ([head] if head is not None else []))
     optimizer = make_optimizer(trainable, cfg.lr, cfg.weight_decay, device=device)
-    train_model = wrap_for_training(policy, ddp, device, cfg.compile)
+    train_model = wrap_for_training(policy, ddp, device, cfg.compile, dynamic=True)
     return Learner(policy, train_model, reference, head, sampler, trainable, optimizer, lora, precision, device)
 
 

@@ -248,7 +248,7 @@ def main(cfg: SFTConfig) -> Path:
     with precision.autocast():
         before = generate_replies(model, tokenizer, sample_prompts, "chatml", cfg.system_prompt) \
             if sample_prompts and not start and ddp.is_main else []
-    train_model = wrap_for_training(model, ddp, device, cfg.compile)
+    train_model = wrap_for_training(model, ddp, device, cfg.compile, dynamic=True)
     log = MetricsLog(out, enabled=ddp.is_main)
     print0(describe_run("sft", cfg.model, model, lora, f"pairs {cur.source}: {cur.n_train} train, {cur.n_val} val",
                         f"{cfg.batch_size} pairs/step", describe_curriculum(cfg, cur, max_len))

@@ -94,6 +94,9 @@ def config_parser(cls, doc: str | None = None) -> argparse.ArgumentParser:
         shown = f"(default: {default!r})".replace("%", "%%")
         if isinstance(default, list):
             p.add_argument(flag, nargs="*", default=default, help=f"{text} {shown}".strip())
+        elif "const" in f.metadata:  # `--flag` alone means const, `--flag VALUE` that value
+            p.add_argument(flag, nargs="?", const=f.metadata["const"], type=type(default), default=default,
+                           help=f"{text} {shown}".strip())
         else:
             p.add_argument(flag, type=type(default), default=default, help=f"{text} {shown}".strip())
     p.add_argument("--debug", action="store_true", help="on an error, show the full traceback "

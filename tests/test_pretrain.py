@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
@@ -204,3 +205,24 @@ def test_torchrun_starts_pretraining_with_the_default_global_batch(shards, tmp_p
     peak, step = rows[0]["peak_flops"], next(r for r in rows if "mfu" in r)
     flops_per_token = ToddlerLM(preset("tiny")).flops_per_token(256)  # MFU: the global FLOPs over every
     assert step["mfu"] == pytest.approx(step["tok_s"] * flops_per_token / (peak * world), rel=1e-6)  # process' peak
+
+
+def test_compile_is_on_by_default_on_cuda_and_traces_the_step_with_its_loss():
+    """--compile auto: on for CUDA (an eager step is launch-bound there), off on the CPU; `--compile` alone
+    means on. The compiled unit is the forward pass and the loss together, in one graph."""
+    from minitoddler.cli import parse_config
+    from minitoddler.distributed import compile_on
+    assert compile_on("auto", torch.device("cuda")) and not compile_on("auto", torch.device("cpu"))
+    assert compile_on("on", "cpu") and not compile_on("off", "cuda")
+    with pytest.raises(ValueError, match="--compile must be auto, on or off"):
+        compile_on("yes", "cpu")
+    flags = lambda *a: parse_config(train_pretrain.PretrainConfig, argv=list(a)).compile  # noqa: E731
+    assert (flags(), flags("--compile"), flags("--compile", "off")) == ("auto", "on", "off")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = ToddlerLM(dataclasses.replace(preset("tiny"), num_hidden_layers=1, vocab_size=256))
+    x, y = torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16))
+    fp32 = train_pretrain.resolve_dtype("fp32", "cpu")
+    step = torch.compile(train_pretrain.next_token_loss, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(step(model, x, y, fp32), train_pretrain.next_token_loss(model, x, y, fp32))
+    torch._dynamo.reset()
