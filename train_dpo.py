@@ -46,7 +46,7 @@ from minitoddler.startup import (bundled_data, describe_run, end_run, lora_from_
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, IM_START, load_tokenizer
 from minitoddler.train_state import resume_checkpoint, save_checkpoint
 from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, clip_and_step, due, export_final,
-                                 lr_at, make_optimizer, save_or_stop, set_lr, stop_on_nonfinite)
+                                 lr_at, make_optimizer, profiled, save_or_stop, set_lr, stop_on_nonfinite)
 
 REFERENCE_FILE = "reference_logprobs.safetensors"
 
@@ -85,6 +85,8 @@ class DPOConfig:
     seed: int = 1337
     compile: bool = False
     resume: bool = False
+    profile: int = 0
+    report_to: str = ""
 
 
 @dataclass
@@ -308,7 +310,7 @@ def main(cfg: DPOConfig) -> Path:
     start = resume_checkpoint(ckpt_dir, model, optimizer, setup, ddp.is_main)["step"] if cfg.resume else 0
     ref_train, ref_val = reference_for(model, pairs, cfg, out / REFERENCE_FILE, data_hash, ddp, device, precision)
     train_model = wrap_for_training(model, ddp, device, cfg.compile, dynamic=True)
-    log = MetricsLog(out, enabled=ddp.is_main)
+    log = MetricsLog(out, enabled=ddp.is_main, report_to=cfg.report_to, config=asdict(cfg))
     print0(describe_run("dpo", cfg.model, model, lora, f"pairs {pairs.source}: {len(pairs.train)} train, "
                         f"{len(pairs.val)} held out", f"{cfg.loss} beta {cfg.beta}", f"{cfg.batch_size} pairs/step",
                         f"{steps} steps", f"{cfg.format} format", f"dtype {precision}"))
@@ -328,7 +330,8 @@ def main(cfg: DPOConfig) -> Path:
             t0 = time.time()
             lr = lr_at(step, steps, cfg.lr, 0, "wsd", min_ratio=0.0, decay_frac=1.0)  # linear decay to 0
             set_lr(optimizer, lr)
-            row = train_step(train_model, optimizer, pairs, ref_train, cfg, ddp, device, precision, step)
+            with profiled(step, cfg.profile, out, ddp.rank):
+                row = train_step(train_model, optimizer, pairs, ref_train, cfg, ddp, device, precision, step)
             done = step + 1
             progress.update(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.2f}")
             if due(done, cfg.log_every, steps):

@@ -27,7 +27,7 @@ from minitoddler.precision import Precision, device_peak_flops, resolve_dtype
 from minitoddler.startup import end_run, print0, start_run
 from minitoddler.train_state import resume_checkpoint, save_checkpoint
 from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, clip_and_step, due, lr_at,
-                                 make_optimizer, save_or_stop, set_lr, stop_on_nonfinite)
+                                 make_optimizer, profiled, save_or_stop, set_lr, stop_on_nonfinite)
 
 
 # Each field's comment is its --help text (minitoddler/cli.py).
@@ -60,6 +60,8 @@ class PretrainConfig:
         "torch.compile the training step, loss included: auto = on CUDA only (slower start, faster steps), "
         "on (also --compile alone) | off")})
     resume: bool = False
+    profile: int = 0
+    report_to: str = ""
 
 
 def token_byte_lengths(tokenizer_dir: Path, vocab_size: int) -> torch.Tensor:
@@ -177,7 +179,7 @@ def main(cfg: PretrainConfig) -> Path:
 
     train_model = wrap_for_training(model, ddp, device, compile=False)
     loss_fn = torch.compile(next_token_loss) if compile_on(cfg.compile, device) else next_token_loss
-    log = MetricsLog(out, enabled=ddp.is_main)
+    log = MetricsLog(out, enabled=ddp.is_main, report_to=cfg.report_to, config=asdict(cfg))
     peak, peak_src = device_peak_flops(device, precision.dtype)
     flops_per_step = unwrap(model).flops_per_token(seq_len) * cfg.batch_tokens
     print0(f"model {cfg.model}: {model.num_parameters() / 1e6:.1f}M parameters | data {data.shards} | "
@@ -205,8 +207,9 @@ def main(cfg: PretrainConfig) -> Path:
             t0 = time.time()
             lr = lr_at(step, cfg.steps, cfg.lr, warmup, cfg.schedule, cfg.min_lr_ratio)
             set_lr(optimizer, lr)
-            loss, grad_norm = train_step(train_model, loss_fn, model, optimizer, loader, accum, cfg, ddp, device,
-                                         precision, step)
+            with profiled(step, cfg.profile, out, ddp.rank):
+                loss, grad_norm = train_step(train_model, loss_fn, model, optimizer, loader, accum, cfg, ddp, device,
+                                             precision, step)
             dt = time.time() - t0
             done = step + 1
             tok_s = cfg.batch_tokens / dt

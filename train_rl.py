@@ -46,7 +46,7 @@ from minitoddler.startup import (bundled_data, describe_run, end_run, lora_from_
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 from minitoddler.train_state import resume_checkpoint, save_checkpoint
 from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, clip_and_step, due, export_final,
-                                 make_optimizer, save_or_stop, set_lr, stop_on_nonfinite)
+                                 make_optimizer, profiled, save_or_stop, set_lr, stop_on_nonfinite)
 
 ALGOS = ("grpo", "ppo", "dpo")
 
@@ -110,6 +110,8 @@ class RLConfig:
     seed: int = 1337
     compile: bool = False
     resume: bool = False
+    profile: int = 0
+    report_to: str = ""
 
 
 # trl 0.8.6's PPOConfig: 256 rollouts a step, one per prompt, LR 1.41e-5 constant, no gradient clipping.
@@ -416,7 +418,7 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
                         "completions/step", f"reward {reward_spec}", f"{cfg.steps} steps, lr {cfg.lr:.3g}",
                         f"dtype {precision}",
                         trained=sum(p.numel() for p in learner.trainable.parameters() if p.requires_grad)))
-    log = MetricsLog(out, enabled=ddp.is_main)
+    log = MetricsLog(out, enabled=ddp.is_main, report_to=cfg.report_to, config=asdict(cfg))
     before = None
     if held_out and resumed_at == 0 and ddp.is_main:
         before = held_out_rewards(learner, tokenizer, reward, held_out, sampling, cfg, log, 0)
@@ -437,12 +439,13 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
             set_lr(learner.optimizer, lr)
             mine = prompt_batch(prompts, step, cfg.batch_prompts, cfg.seed)[ddp.rank * per_process:
                                                                              (ddp.rank + 1) * per_process]
-            batch = rollout_and_score(learner, tokenizer, reward, mine, sampling, cfg,
-                                      cfg.seed * 100003 + step * 1009 + ddp.rank, pad_id)
-            if cfg.algo == "grpo":
-                stats = grpo_update(learner, batch, cfg, ddp, step)
-            else:
-                stats = ppo_update(learner, batch, cfg, kl_ctl, step)
+            with profiled(step, cfg.profile, out, ddp.rank):
+                batch = rollout_and_score(learner, tokenizer, reward, mine, sampling, cfg,
+                                          cfg.seed * 100003 + step * 1009 + ddp.rank, pad_id)
+                if cfg.algo == "grpo":
+                    stats = grpo_update(learner, batch, cfg, ddp, step)
+                else:
+                    stats = ppo_update(learner, batch, cfg, kl_ctl, step)
             done = step + 1
             row = step_row(done, batch, stats, reward, lr, precision, t0, progress.elapsed)
             progress.update(reward=f"{row['reward/total']:.3f}", kl=f"{row['kl']:.3f}")

@@ -36,7 +36,7 @@ from minitoddler.startup import (bundled_data, describe_run, end_run, lora_from_
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 from minitoddler.train_state import resume_checkpoint, save_checkpoint
 from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, clip_and_step, due, export_final,
-                                 lr_at, make_optimizer, save_or_stop, set_lr, stop_on_nonfinite)
+                                 lr_at, make_optimizer, profiled, save_or_stop, set_lr, stop_on_nonfinite)
 
 
 # Each field's comment is its --help text (minitoddler/cli.py).
@@ -75,6 +75,8 @@ class SFTConfig:
     seed: int = 1337
     compile: bool = False
     resume: bool = False
+    profile: int = 0
+    report_to: str = ""
 
 
 def read_train_val(data: Path, cfg: SFTConfig) -> tuple[list[dict], list[dict], str]:
@@ -249,7 +251,7 @@ def main(cfg: SFTConfig) -> Path:
         before = generate_replies(model, tokenizer, sample_prompts, "chatml", cfg.system_prompt) \
             if sample_prompts and not start and ddp.is_main else []
     train_model = wrap_for_training(model, ddp, device, cfg.compile, dynamic=True)
-    log = MetricsLog(out, enabled=ddp.is_main)
+    log = MetricsLog(out, enabled=ddp.is_main, report_to=cfg.report_to, config=asdict(cfg))
     print0(describe_run("sft", cfg.model, model, lora, f"pairs {cur.source}: {cur.n_train} train, {cur.n_val} val",
                         f"{cfg.batch_size} pairs/step", describe_curriculum(cfg, cur, max_len))
            + f"\ndtype {precision}")
@@ -278,7 +280,8 @@ def main(cfg: SFTConfig) -> Path:
                        "cosine", cfg.min_lr_ratio)
             set_lr(optimizer, lr)
             batch = stage_batch(plan.examples, si, in_stage, cfg.batch_size, cfg.seed)
-            loss, grad_norm = train_step(train_model, optimizer, batch, cfg, pad_id, ddp, device, precision, step)
+            with profiled(step, cfg.profile, out, ddp.rank):
+                loss, grad_norm = train_step(train_model, optimizer, batch, cfg, pad_id, ddp, device, precision, step)
             done = step + 1
             progress.update(stage=si + 1, loss=f"{loss:.3f}")
             if due(done, cfg.log_every, cur.steps):

@@ -43,6 +43,9 @@ COMMON_HELP = {
     "top_k": "sample among the k most likely tokens (0 = off)",
     "max_new_tokens": "the most tokens generated per reply",
     "tokenizer": "tokenizer directory (\"\" = the model directory)",
+    "profile": "write a profiler trace of step N to <out>/trace_stepN.json (Chrome/Perfetto/TensorBoard); 0 = none",
+    "report_to": "also log the metrics to tensorboard (<out>/tensorboard) or wandb (offline unless WANDB_MODE says "
+                 "otherwise); \"\" = metrics.jsonl only",
 }
 
 

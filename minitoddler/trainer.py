@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -193,17 +194,67 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
-class MetricsLog:
-    """Appends one JSON object per call to `<out>/metrics.jsonl` (main process only)."""
+REPORT_TO = ("", "tensorboard", "wandb")
 
-    def __init__(self, out: Path, enabled: bool = True):
+
+class MetricsLog:
+    """Appends one JSON object per call to `<out>/metrics.jsonl` (main process only), and mirrors each
+    row's numbers to TensorBoard (<out>/tensorboard) or Weights & Biases when `report_to` asks: imported
+    only then; wandb runs offline (files under <out>/wandb, `wandb sync` uploads them) unless WANDB_MODE
+    says otherwise, so nothing reaches the network by surprise."""
+
+    def __init__(self, out: Path, enabled: bool = True, report_to: str = "", config: dict | None = None):
+        if report_to not in REPORT_TO:
+            raise ValueError(f"--report-to must be tensorboard or wandb (or nothing); got {report_to!r}")
         self.path = Path(out) / "metrics.jsonl"
         self.enabled = enabled
+        self.tracker = open_tracker(report_to, Path(out), config or {}) if enabled and report_to else None
 
     def write(self, **row) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tracker is not None:
+            numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+            self.tracker(numbers, int(row.get("step", 0)))
+
+
+def open_tracker(report_to: str, out: Path, config: dict):
+    """A function (numbers, step) -> None that logs to the tracker, or an error naming what to install."""
+    try:
+        if report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(out / "tensorboard"))
+
+            def log(numbers, step):
+                for k, v in numbers.items():
+                    writer.add_scalar(k, v, step)
+                writer.flush()
+            return log
+        import wandb
+    except ImportError as e:
+        raise SystemExit(f"error: --report-to {report_to} needs the {report_to} package ({e}); "
+                         f"pip install {report_to}") from None
+    os.environ.setdefault("WANDB_MODE", "offline")
+    run = wandb.init(project="minitoddler", dir=str(out), name=out.name, config=config)
+    return lambda numbers, step: run.log(numbers, step=step)
+
+
+@contextlib.contextmanager
+def profiled(step: int, at: int, out: Path, rank: int = 0):
+    """--profile N: wrap step N (counted from 1) in the PyTorch profiler and write its trace to
+    <out>/trace_step{N}.json (one per process under torchrun), for chrome://tracing, Perfetto or TensorBoard."""
+    if step + 1 != at:
+        yield
+        return
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
+        yield
+    name = f"trace_step{at}" + (f"_rank{rank}" if rank else "") + ".json"
+    prof.export_chrome_trace(str(out / name))
 
 
 class StopFlag:

@@ -226,3 +226,33 @@ def test_compile_is_on_by_default_on_cuda_and_traces_the_step_with_its_loss():
     step = torch.compile(train_pretrain.next_token_loss, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(step(model, x, y, fp32), train_pretrain.next_token_loss(model, x, y, fp32))
     torch._dynamo.reset()
+
+
+def test_profile_writes_a_trace_and_report_to_mirrors_the_metrics(shards, tmp_path, monkeypatch):
+    """--profile 2 leaves a Chrome trace of step 2; --report-to tensorboard sends every numeric metric of
+    metrics.jsonl to a SummaryWriter (a stand-in here: the package is optional); a missing tracker package
+    is a one-line error saying what to install."""
+    import sys
+    import types
+    scalars = []
+
+    class Writer:
+        def __init__(self, logdir):
+            self.logdir = logdir
+
+        def add_scalar(self, name, value, step):
+            scalars.append((name, value, step))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    cfg = small_run(shards, tmp_path / "traced", steps=3, profile=2, report_to="tensorboard")
+    train_pretrain.main(cfg)
+    trace = json.loads((tmp_path / "traced" / "trace_step2.json").read_text())
+    assert trace["traceEvents"] and not (tmp_path / "traced" / "trace_step1.json").exists()
+    losses = [(r["step"], r["loss"]) for r in metrics(tmp_path / "traced") if "loss" in r]
+    assert [(s, v) for name, v, s in scalars if name == "loss"] == losses and len(losses) == 3
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(SystemExit, match="--report-to wandb needs the wandb package .*pip install wandb"):
+        train_pretrain.main(small_run(shards, tmp_path / "wandb", report_to="wandb"))
