@@ -61,7 +61,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 @dataclass
 class KVCache:
-    """Preallocated keys/values per layer, (B, kv_heads, max_len, head_dim); `length` tokens are filled."""
+    """Preallocated keys/values per layer, (B, kv_heads, max_len, head_dim); `length` tokens are filled.
+    Zeros, not garbage: a static-cache decode step reads every column (masked), and 0 x NaN would be NaN."""
     k: list[torch.Tensor]
     v: list[torch.Tensor]
     length: int = 0
@@ -70,8 +71,8 @@ class KVCache:
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> "KVCache":
         shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
         n = cfg.num_hidden_layers
-        return cls([torch.empty(shape, device=device, dtype=dtype) for _ in range(n)],
-                   [torch.empty(shape, device=device, dtype=dtype) for _ in range(n)])
+        return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
+                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)])
 
 
 class Attention(nn.Module):
@@ -83,13 +84,18 @@ class Attention(nn.Module):
         self.v_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
         self.o_proj = Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, causal: bool, cache: KVCache | None, layer: int):
+    def forward(self, x, cos, sin, mask, causal: bool, cache: KVCache | None, layer: int,
+                cache_position: torch.Tensor | None = None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
+        if cache is not None and cache_position is not None:  # static: write at these columns, read them all
+            cache.k[layer].index_copy_(2, cache_position, k)
+            cache.v[layer].index_copy_(2, cache_position, v)
+            k, v = cache.k[layer], cache.v[layer]
+        elif cache is not None:
             end = cache.length + T
             cache.k[layer][:, :, cache.length:end] = k
             cache.v[layer][:, :, cache.length:end] = v
@@ -118,8 +124,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, causal, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, causal, cache, layer)
+    def forward(self, x, cos, sin, mask, causal, cache, layer, cache_position=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, causal, cache, layer, cache_position)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -174,7 +180,8 @@ class ToddlerLM(nn.Module):
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int = 0, hidden_only: bool = False) -> torch.Tensor:
+                logits_to_keep: int = 0, hidden_only: bool = False,
+                cache_position: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B, T) -> float32 logits (B, T, vocab).
 
         attention_mask: (B, past + T), 1 for real tokens, 0 for (left) padding; None = no padding.
@@ -184,7 +191,12 @@ class ToddlerLM(nn.Module):
         last one: the prompt's other logits would cost B * T * vocab * hidden multiply-adds for nothing).
         hidden_only: return the final-norm hidden states (B, T, hidden) instead of logits, in the model's
         dtype (the RL losses apply `lm_head` chunk by chunk; the PPO value head reads them).
+        cache_position: one decoded token per row written at this (1,) column of a static `cache`, attending
+        to every column where `attention_mask` (B, cache width) is 1; shapes never change from step to
+        step, so the step can be captured as a CUDA graph (generate's `static_cache`). Needs position_ids.
         """
+        if cache_position is not None:
+            return self.static_decode(ids, attention_mask, position_ids, cache, cache_position)
         B, T = ids.shape
         past = cache.length if cache is not None else 0
         if past + T > self.cfg.max_position_embeddings:
@@ -215,6 +227,17 @@ class ToddlerLM(nn.Module):
             x = x[:, -logits_to_keep:]
         x = self.norm(x)
         return x if hidden_only else self.lm_head(x).float()
+
+    def static_decode(self, ids, attention_mask, position_ids, cache: KVCache, cache_position) -> torch.Tensor:
+        """`forward` with `cache_position`: (B, 1) ids -> (B, 1, vocab) logits."""
+        cos = self.rope_cos[position_ids].unsqueeze(1)
+        sin = self.rope_sin[position_ids].unsqueeze(1)
+        mask = attention_mask[:, None, None, :].bool()
+        x = self.embed_tokens(ids)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, False, cache, i, cache_position)
+        return self.lm_head(self.norm(x)).float()
 
     @staticmethod
     def attention_bias_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:

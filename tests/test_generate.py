@@ -138,3 +138,26 @@ def test_temperature_samples_softmax_of_logits_over_t():
         # binomial standard error at n = 10,000 is at most 0.005; 0.02 is four of them
         assert (counts / 10000).tolist() == pytest.approx(expected, abs=0.02), temperature
     assert generate(model, [[0]], max_new_tokens=3) == [[0, 0, 0]]  # greedy: the largest logit
+
+
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 1.0, "top_p": 0.9, "seed": 3}])
+def test_static_cache_decoding_gives_the_same_tokens_and_one_graph(sampling):
+    """The static-cache step (fixed shapes: the whole cache, masked; the write column a tensor) gives the
+    tokens of the growing-cache path, padded rows and early stops included, and compiles to one graph for
+    every step: what lets torch.compile(mode="reduce-overhead") capture it as a CUDA graph on a GPU."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    import minitoddler.generate as gen
+    torch.manual_seed(0)
+    model = ToddlerLM(preset("tiny")).eval()
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    want = generate(model, prompts, 20, stop_ids=[17, 23], **sampling)
+    assert generate(model, prompts, 20, stop_ids=[17, 23], static_cache=True, **sampling) == want
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(gen.decode_step, backend="aot_eager", fullgraph=True)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(gen, "decode_step", compiled)
+        assert generate(model, prompts, 20, stop_ids=[17, 23], static_cache=True, **sampling) == want
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
