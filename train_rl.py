@@ -289,16 +289,17 @@ def ppo_update(learner: Learner, batch: Scored, cfg: RLConfig, kl_ctl: AdaptiveK
                                                batch.first, False)
             loss, st = ppo_loss(lp, batch.old_lp[r], values, batch.old_values[r], advantages[r], returns[r],
                                 batch.mask[r], cfg.clip_eps, cfg.clip_value, cfg.vf_coef, cfg.ratio_threshold)
-            check_finite(loss.detach(), step)
             loss.backward()
             if dist.is_initialized():  # the value head is outside DDP: average its gradients here
                 for p in learner.head.parameters():
                     dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+            # A non-finite loss gives a non-finite gradient: clip_and_step refuses it, naming the step.
             grad_norm = clip_and_step(learner.trainable, learner.optimizer, cfg.grad_clip, step)
-            for k, v in {**st, "loss": loss.item()}.items():
+            for k, v in {**st, "loss": loss.detach()}.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
-    stats = {k: v / count for k, v in sums.items()}
+    stats = {k: float(v / count) for k, v in sums.items()}
+    check_finite(torch.tensor(stats["loss"]), step)
     stats.update(kl=float(masked_mean(batch.old_lp - batch.ref_lp, batch.mask)), kl_sequence=float(seq_kl),
                  kl_coef=kl_ctl.value, grad_norm=grad_norm)
     kl_ctl.update(float(seq_kl), n_rows)

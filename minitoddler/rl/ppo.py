@@ -90,7 +90,8 @@ def ppo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, values: torch.T
              clip_value: float = 0.2, vf_coef: float = 0.1, ratio_threshold: float = 10.0
              ) -> tuple[torch.Tensor, dict]:
     """The clipped PPO objective with a clipped value loss, token means over the mask; returns (loss,
-    stats: clip_frac, vf_clip_frac, policy_loss, value_loss, ratio, skipped)."""
+    stats: clip_frac, vf_clip_frac, policy_loss, value_loss, ratio, skipped, as detached 0-d tensors: a
+    batch whose mean ratio exceeds ratio_threshold gets a zero loss without the host reading the ratio)."""
     mask = mask.float()
     ratio = torch.exp(logprobs - old_logprobs)
     pg1 = -advantages * ratio
@@ -99,13 +100,13 @@ def ppo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, values: torch.T
     v_clipped = old_values + (values - old_values).clamp(-clip_value, clip_value)
     vf1, vf2 = (values - returns) ** 2, (v_clipped - returns) ** 2
     vf_loss = 0.5 * masked_mean(torch.max(vf1, vf2), mask)
-    mean_ratio = float(masked_mean(ratio.detach(), mask))
-    skipped = mean_ratio > ratio_threshold
-    loss = (pg_loss + vf_coef * vf_loss) * (0.0 if skipped else 1.0)
-    return loss, {"clip_frac": float(masked_mean((pg2 > pg1).float(), mask)),
-                  "vf_clip_frac": float(masked_mean((vf2 > vf1).float(), mask)),
-                  "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "ratio": mean_ratio,
-                  "skipped": float(skipped)}
+    mean_ratio = masked_mean(ratio.detach(), mask)
+    skipped = (mean_ratio > ratio_threshold).float()
+    loss = (pg_loss + vf_coef * vf_loss) * (1.0 - skipped)
+    return loss, {"clip_frac": masked_mean((pg2 > pg1).float(), mask),
+                  "vf_clip_frac": masked_mean((vf2 > vf1).float(), mask),
+                  "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), "ratio": mean_ratio,
+                  "skipped": skipped}
 
 
 @dataclass
