@@ -12,13 +12,15 @@ all go through here.
 """
 from __future__ import annotations
 
+import re
+
 from .chatml import caregiver_chat, render_chat
-from .evals.words import SPEAKER_TAG
 from .tokenizer import DEFAULT_SYSTEM_PROMPT, IM_END
 
 FORMATS = ("chatml", "dialogue")
 ALIASES = {"chat": "chatml"}
 USER_PREFIX = "Caregiver: "  # put before each caregiver line in ChatML, as SFT trains
+SPEAKER_TAG = re.compile(r"^\s*\*[A-Z]{2,4}:\s*")  # "*CHI: " at the start of a CHAT-style line
 
 
 def check_format(fmt: str) -> str:

@@ -6,8 +6,9 @@ import csv
 import re
 from pathlib import Path
 
+from ..formats import SPEAKER_TAG
+
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
-SPEAKER_TAG = re.compile(r"^\s*\*[A-Z]{2,4}:\s*")  # "*CHI: " at the start of a CHAT-style line
 # Column names that hold the word in the lists we know: the BabyLM CDI list, Wordbank's CDI item
 # list, Kuperman's norms, the lexical-decision CSVs.
 WORD_COLUMNS = ("word_clean", "definition", "word", "Word", "lexeme", "item")
