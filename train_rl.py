@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 
 import train_dpo
-from minitoddler.chatml import add_chat_tokens
 from minitoddler.checkpoint import load_model
 from minitoddler.cli import config_from_args, config_parser, parse_config, run
 from minitoddler.distributed import unwrap, wrap_for_training
@@ -41,8 +40,8 @@ from minitoddler.rl.grpo import group_advantages, grpo_loss
 from minitoddler.rl.ppo import AdaptiveKL, ValueHead, gae, ppo_loss, token_rewards
 from minitoddler.rl.prompts import load_prompts, prompt_batch, prompt_file
 from minitoddler.rl.rollout import Rollout, SamplingConfig, copy_policy_weights, sample_rollout
-from minitoddler.startup import (bundled_data, describe_run, end_run, lora_from_flags, print0, require_model_dir,
-                                 start_run, written)
+from minitoddler.startup import (bundled_data, chat_tokens, describe_run, end_run, lora_from_flags, print0,
+                                 require_model_dir, start_run, written)
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 from minitoddler.train_state import resume_checkpoint, save_checkpoint
 from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, clip_and_step, due, export_final,
@@ -326,12 +325,7 @@ def setup_tokenizer(cfg: RLConfig, policy, out: Path) -> Path:
     tokenizer and the embeddings when the model has none yet)."""
     if cfg.format != "chatml":
         return Path(cfg.tokenizer or cfg.model)
-    tokenizer_dir = out / "tokenizer"
-    main_process = not dist.is_initialized() or dist.get_rank() == 0
-    added = add_chat_tokens(policy, cfg.tokenizer or cfg.model, tokenizer_dir if main_process else None,
-                            cfg.system_prompt)
-    if dist.is_initialized():
-        dist.barrier()
+    tokenizer_dir, added = chat_tokens(policy, cfg.tokenizer or cfg.model, out, cfg.system_prompt)
     if added:
         print0(f"note: {cfg.model} is not a chat model yet: added {added} to its tokenizer and embeddings. "
                "Run train_sft.py first: GRPO/PPO on a model that has never seen the chat format learns little.")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from minitoddler.chatml import IM_END, add_chat_tokens
+from minitoddler.chatml import IM_END
 from minitoddler.checkpoint import load_model
 from minitoddler.cli import parse_config, run
 from minitoddler.distributed import Dist, wrap_for_training
@@ -31,8 +31,8 @@ from minitoddler.precision import Precision, resolve_dtype
 from minitoddler.sft import (DEFAULT_STAGES, FLAT_STAGES, Example, StagePlan, build_examples, check_scores, collate,
                              parse_stages, plan_curriculum, read_pairs, response_loss_sum, scale_curriculum,
                              split_off, stage_batch, stage_subsets)
-from minitoddler.startup import (bundled_data, describe_run, end_run, lora_from_flags, print0, require_model_dir,
-                                 start_run, written)
+from minitoddler.startup import (bundled_data, chat_tokens, describe_run, end_run, lora_from_flags, print0,
+                                 require_model_dir, start_run, written)
 from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 from minitoddler.train_state import resume_checkpoint, save_checkpoint
 from minitoddler.trainer import (MetricsLog, Progress, StopFlag, check_finite, clip_and_step, due, export_final,
@@ -188,12 +188,7 @@ def chat_model(cfg: SFTConfig, out: Path, device) -> tuple[torch.nn.Module, Path
     """The base model with the ChatML tokens (added to it and its tokenizer, under <out>/tokenizer, if it
     lacks them; the main process writes the tokenizer, the others wait for it)."""
     model = load_model(cfg.model, device)
-    main_process = not dist.is_initialized() or dist.get_rank() == 0
-    tokenizer_dir = out / "tokenizer"
-    added = add_chat_tokens(model, cfg.tokenizer or cfg.model, tokenizer_dir if main_process else None,
-                            cfg.system_prompt)
-    if dist.is_initialized():
-        dist.barrier()
+    tokenizer_dir, added = chat_tokens(model, cfg.tokenizer or cfg.model, out, cfg.system_prompt)
     if added:
         print0(f"added {added} to the tokenizer and the embeddings (new rows = mean embedding)")
     return model, tokenizer_dir

@@ -1,6 +1,6 @@
 """A training script's start-up and close in a few calls: DDP, device, run directory and seed; printing on
-the main process only; the bundled corpus when no --data is given; LoRA from the --lora-* flags; the
-banner that says what this run trains; and the process group's end."""
+the main process only; the bundled corpus when no --data is given; the ChatML tokens; LoRA from the
+--lora-* flags; the banner that says what this run trains; and the process group's end."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .chatml import add_chat_tokens
 from .data.prepare import PrepareConfig, prepare
 from .distributed import Dist, init_distributed
 from .lora import LoraConfig, apply_lora, parse_targets
@@ -61,6 +62,16 @@ def bundled_data(data_dir: Path, kind: str) -> Path:
     if dist.is_initialized():
         dist.barrier()
     return data_dir / kind
+
+
+def chat_tokens(model, tokenizer_dir: str, out: Path, system_prompt: str) -> tuple[Path, list[str]]:
+    """Give `model` and its tokenizer the ChatML tokens if they lack them (chatml.add_chat_tokens): the
+    main process writes the tokenizer to <out>/tokenizer, the others wait for it. Returns that directory
+    and the tokens added."""
+    added = add_chat_tokens(model, tokenizer_dir, out / "tokenizer" if is_main() else None, system_prompt)
+    if dist.is_initialized():
+        dist.barrier()
+    return out / "tokenizer", added
 
 
 def lora_from_flags(model, cfg, alpha_per_rank: float) -> LoraConfig | None:
