@@ -1,6 +1,10 @@
-"""Evaluate a checkpoint: BLiMP, Zorro, dialogue minimal pairs, lexical decision, generation metrics.
+"""Evaluate a checkpoint: the BabyLM 2025 suite, Zorro, dialogue minimal pairs, lexical decision, generation.
 
     python eval.py --model runs/pre/final --task zorro --data ../shared/data/eval/zorro --out runs/eval
+    B=../shared/data/babylm                                    # the official evaluation_data layout
+    python eval.py --model DIR --suite babylm $B/fast_eval --zip-password PASSWORD --out runs/eval
+    python eval.py --model DIR --task ewok --data $B/fast_eval/ewok_fast.zip --zip-password PASSWORD
+    python eval.py --model DIR --task entity_tracking --data $B/entity_tracking.zip:fast_eval/entity_tracking_fast ...
     python eval.py --model DIR --task blimp --data a.jsonl b.jsonl --convention minicons --out runs/eval2
     D=../shared/data/eval/dialogue-minimal-pairs   # words-matched (JSON) and token-matched (CSV) pairs:
     python eval.py --model DIR --task dialogue --data $D/dialogue_eval_words.json $D/tok_pairs_no_overlap_1.csv
@@ -8,7 +12,10 @@
     python eval.py --model DIR --task generation --format dialogue --aoa ../shared/data/aoa/kuperman_2012_aoa.csv
     python eval.py --compare runs/eval runs/eval2                       # side by side
 
-Minimal pairs are scored by summed log-probability (BOS + sentence; dialogue: the child reply given the
+The BabyLM tasks (blimp, supplement, comps, entity_tracking, ewok, wug_adj, wug_past, reading) are scored
+as the official pipeline scores them (`--convention babylm`, their default; docs/evaluation.md), and
+`--suite babylm DIR` runs every one whose data is in DIR and names the missing ones. Zorro, dialogue and
+lexical pairs are scored by summed log-probability (BOS + sentence; dialogue: the child reply given the
 caregiver line); a pair is right when the good sentence scores strictly higher (ties are wrong).
 `--convention minicons` (no BOS, first token unscored), with `--bow-correction`, reproduces the
 published procedure (llamalogue). `--normalize` scores the sentences in the cleaned training format
@@ -18,6 +25,7 @@ directory (Hugging Face Llama layout) or a preset name (random weights; pass --t
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,32 +37,39 @@ import torch
 from minitoddler.checkpoint import model_from_arg
 from minitoddler.cli import parse_config, run
 from minitoddler.config import PRESETS
+from minitoddler.evals import babylm
 from minitoddler.evals.generation import DEFAULT_PROMPTS, evaluate_generation, load_prompts
 from minitoddler.evals.lexical import read_lexical_csv
 from minitoddler.evals.minimal_pairs import (CONVENTIONS, ZORRO_ORDERS, evaluate_pairs, first_per_paradigm,
                                              load_pairs, normalized)
-from minitoddler.evals.report import compare_runs, load_results, save_results
+from minitoddler.evals.report import compare_runs, load_results, paper_table, save_results
 from minitoddler.formats import ALIASES, FORMATS
 from minitoddler.precision import pick_device, resolve_dtype
 from minitoddler.tokenizer import load_tokenizer
 
-TASKS = ("zorro", "blimp", "dialogue", "lexical", "generation")
+TASKS = ("zorro", "dialogue", "lexical", "generation") + babylm.TASKS
+PAIR_CONVENTIONS = {"zorro", "blimp", "supplement", "dialogue", "lexical"}  # tasks bos / minicons apply to
 
 
 # Each field's comment is its --help text (minitoddler/cli.py).
 @dataclass
 class EvalConfig:
     model: str = ""                # model directory, or a preset name (random weights)
-    task: str = "zorro"            # zorro | blimp | dialogue | lexical | generation
-    data: list = field(default_factory=list)  # files and/or directories; generation: a prompt file (default: bundled)
+    task: str = "zorro"            # zorro | dialogue | lexical | generation | BabyLM: blimp | supplement | comps |
+                                   # entity_tracking | ewok | wug_adj | wug_past | reading
+    data: list = field(default_factory=list)  # files, directories and zips (X.zip or X.zip:FOLDER); generation:
+                                              # a prompt file (default: bundled)
+    suite: list = field(default_factory=list)  # babylm DIR: every BabyLM task with data in DIR (an evaluation_data
+                                               # full_eval or fast_eval folder)
+    zip_password: str = ""         # password of encrypted zips (EWoK's and entity tracking's; the pipeline's README)
     out: str = "runs/eval"         # directory for results.json, report.md (and scores_<task>.jsonl)
     tokenizer: str = ""            # tokenizer directory ("" = the model directory)
-    convention: str = "bos"        # bos | minicons
+    convention: str = ""           # babylm | bos | minicons; "" = babylm for the BabyLM tasks, bos for the others
     bow_correction: bool = False   # minicons' beginning-of-word correction (needs a 'Ġ'/'▁' tokenizer)
     normalize: bool = False        # score pairs in the cleaned training format ("I am blue ." -> "i am blue.")
     zorro_order: str = "bad-first"  # bad-first (../shared/data release) | good-first
     csv_split: str = "eval"        # dialogue CSVs: eval (rows 18,000+) | train | all
-    limit: int = 0                 # first N pairs per paradigm (N prompts for generation); 0 = all
+    limit: int = 0                 # first N pairs per paradigm or UID (N prompts, N reading rows); 0 = all
     max_tokens: int = 0            # padded tokens per forward pass (0 = auto: minimal_pairs.auto_max_tokens)
     save_scores: bool = False      # also write scores_<task>.jsonl (one line per pair)
     format: str = "chatml"         # generation prompt format: chatml | dialogue (*MOT: …\n*CHI:)
@@ -70,13 +85,19 @@ class EvalConfig:
     similarity_model: str = ""     # sentence encoder directory (all-MiniLM-L6-v2) for similarity to gold replies
     examples: int = 10             # sample exchanges in the report
     device: str = "auto"
-    dtype: str = "auto"            # auto | fp32 | bf16 (bf16 weights); auto = bf16 on GPUs/CPUs with native bf16
+    dtype: str = "fp32"            # fp32 (the exact, reproduced numbers) | bf16 (bf16 weights: faster, drifts) |
+                                   # auto (bf16 where the GPU or CPU computes it natively)
     seed: int = 1337
     compare: list = field(default_factory=list)  # run directories to print side by side (nothing is evaluated)
 
 
+def convention(cfg: EvalConfig) -> str:
+    """--convention, or the task's default: babylm for the BabyLM tasks, bos for the others."""
+    return cfg.convention or ("babylm" if cfg.task in babylm.TASKS else "bos")
+
+
 def check(cfg: EvalConfig) -> None:
-    for name, value, allowed in (("task", cfg.task, TASKS), ("convention", cfg.convention, CONVENTIONS),
+    for name, value, allowed in (("task", cfg.task, TASKS), ("convention", convention(cfg), CONVENTIONS + ("babylm",)),
                                  ("zorro-order", cfg.zorro_order, ZORRO_ORDERS), ("format", ALIASES.get(cfg.format, cfg.format), FORMATS),
                                  ("csv-split", cfg.csv_split, ("eval", "train", "all"))):
         if value not in allowed:
@@ -86,9 +107,33 @@ def check(cfg: EvalConfig) -> None:
     if cfg.normalize and cfg.task == "generation":
         raise SystemExit("--normalize applies to the minimal-pair tasks (zorro, blimp, dialogue, lexical), "
                          "not to generation")
+    allowed = ({"babylm"} if cfg.task in babylm.TASKS else set()) | \
+        ({"bos", "minicons"} if cfg.task in PAIR_CONVENTIONS else set())
+    if cfg.task != "generation" and convention(cfg) not in allowed:
+        raise SystemExit(f"--convention {convention(cfg)} does not apply to the {cfg.task} task "
+                         f"(it takes {' or '.join(sorted(allowed))})")
+    if convention(cfg) == "babylm" and (cfg.normalize or cfg.bow_correction):
+        raise SystemExit("--normalize and --bow-correction are not part of the BabyLM pipeline's scoring: use them "
+                         "with --convention bos or minicons")
+
+
+def plan(cfg: EvalConfig) -> tuple[list[EvalConfig], dict[str, str]]:
+    """The runs to make, one config each: --task alone, or with --suite babylm DIR every BabyLM task whose data
+    is in DIR; and {task: where its official data is} for the tasks the suite finds no data for."""
+    if not cfg.suite:
+        return [cfg], {}
+    if len(cfg.suite) != 2 or cfg.suite[0] != "babylm":
+        raise SystemExit("--suite takes 'babylm DIR' (DIR: an evaluation_data/full_eval or fast_eval folder)")
+    present, missing = babylm.locate_suite(cfg.suite[1])
+    runs = [dataclasses.replace(cfg, task=task, data=[spec]) for task, spec in present.items()]
+    for run_cfg in runs:
+        babylm.check_data(run_cfg.task, run_cfg.data, cfg.zip_password)  # a zip's password, before hours of work
+    return runs, missing
 
 
 def run_task(cfg: EvalConfig, model, tokenizer, device) -> tuple[dict, list[dict]]:
+    if convention(cfg) == "babylm":
+        return babylm.evaluate(model, tokenizer, cfg.task, cfg.data, cfg.zip_password, cfg.limit, cfg.max_tokens)
     if cfg.task == "generation":
         if len(cfg.data) > 1:
             raise SystemExit("the generation task takes one prompt file with --data (or none: the bundled prompts)")
@@ -104,14 +149,33 @@ def run_task(cfg: EvalConfig, model, tokenizer, device) -> tuple[dict, list[dict
                              "one with python -m minitoddler.evals.lexical --words LIST.csv --out pairs.csv)")
         pairs = [p for path in cfg.data for p in read_lexical_csv(path)]
     else:
-        pairs = load_pairs(cfg.task, cfg.data, cfg.zorro_order, cfg.csv_split)
+        pairs = load_pairs("blimp" if cfg.task == "supplement" else cfg.task, cfg.data, cfg.zorro_order, cfg.csv_split)
     pairs = first_per_paradigm(pairs, cfg.limit)
     if cfg.normalize:
         pairs = normalized(pairs)
-    result, rows = evaluate_pairs(model, tokenizer, pairs, cfg.convention, cfg.bow_correction, cfg.max_tokens,
+    result, rows = evaluate_pairs(model, tokenizer, pairs, convention(cfg), cfg.bow_correction, cfg.max_tokens,
                                   cfg.task)
     result["normalized"] = cfg.normalize
     return result, rows
+
+
+def summary(task: str, result: dict, rows: list[dict]) -> str:
+    """The line printed after a task."""
+    metric, rate = result.get("metric"), result.get("n_items", 0) / max(result["seconds"], 1e-9)
+    if task == "generation":
+        m = result["metrics"]
+        return (f"generation: {len(rows)} replies, {m['words_per_reply']:.2f} words/reply, "
+                f"MLU {m['mlu_words']:.2f}, TTR {m['type_token_ratio']:.3f}")
+    if metric == "delta_r2":
+        return (f"reading: eye tracking {result['eye_tracking']:.2f}, self-paced {result['self_paced']:.2f} "
+                f"(normalised ΔR² x 100; {result['n_words']} words, {result['seconds']:.0f} s)")
+    if metric == "spearman":
+        return f"{task}: Spearman's rho x 100 = {result['score']:.2f} ({result['n_items']} items, {rate:.0f} items/s)"
+    if metric == "accuracy":
+        return (f"{task}: accuracy {result['score']:.2f}% (mean over {len(result['uids'])} UIDs; "
+                f"{result['n_items']} items, {rate:.0f} items/s)")
+    return (f"{task}: macro accuracy {100 * result['macro_accuracy']:.1f}% over {len(result['paradigms'])} "
+            f"paradigms ({result['n_pairs']} pairs, {result['n_pairs'] / result['seconds']:.0f} pairs/s)")
 
 
 def main(argv=None) -> None:
@@ -119,7 +183,11 @@ def main(argv=None) -> None:
     if cfg.compare:
         print(compare_runs(cfg.compare), end="")
         return
-    check(cfg)
+    runs, missing = plan(cfg)
+    for run_cfg in runs:
+        check(run_cfg)
+    for task, where in missing.items():
+        print(f"{task}: no data in {cfg.suite[1]} (the official copy: {where})")
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     tokenizer_dir = cfg.tokenizer or (cfg.model if Path(cfg.model).is_dir() else "")
@@ -132,13 +200,6 @@ def main(argv=None) -> None:
     model = model_from_arg(cfg.model, device).to(precision.infer_dtype)
     tokenizer = load_tokenizer(tokenizer_dir, strict=False)  # ours, llamalogue's, SmolLM2's, ...
 
-    start = time.perf_counter()
-    with precision.autocast():
-        result, rows = run_task(cfg, model, tokenizer, device)
-    result["seconds"] = time.perf_counter() - start
-    result["dtype"] = str(precision)
-    result["data"] = [str(p) for p in cfg.data] or ([str(DEFAULT_PROMPTS)] if cfg.task == "generation" else [])
-
     out = Path(cfg.out)
     identity = {"model": cfg.model, "tokenizer": tokenizer_dir}
     results = {**identity, "tasks": {}}
@@ -148,24 +209,29 @@ def main(argv=None) -> None:
             results = previous
         else:
             print(f"note: {out / 'results.json'} held results of model {previous.get('model')!r}; starting afresh")
-    results["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    results["tasks"][cfg.task] = result
-    written = save_results(out, results)
-    if cfg.task == "generation" or cfg.save_scores:
-        path = out / ("generations.jsonl" if cfg.task == "generation" else f"scores_{cfg.task}.jsonl")
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        written.append(path)
-
-    if cfg.task == "generation":
-        m = result["metrics"]
-        print(f"generation: {len(rows)} replies, {m['words_per_reply']:.2f} words/reply, "
-              f"MLU {m['mlu_words']:.2f}, TTR {m['type_token_ratio']:.3f}")
-    else:
-        print(f"{cfg.task}: macro accuracy {100 * result['macro_accuracy']:.1f}% over {len(result['paradigms'])} "
-              f"paradigms ({result['n_pairs']} pairs, {result['n_pairs'] / result['seconds']:.0f} pairs/s)")
+    if cfg.suite:
+        results["suite"] = {"dir": cfg.suite[1], "missing": missing}
+    written, dumps = [], []
+    for run_cfg in runs:
+        start = time.perf_counter()
+        with precision.autocast():
+            result, rows = run_task(run_cfg, model, tokenizer, device)
+        result["seconds"] = time.perf_counter() - start
+        result["dtype"] = str(precision)
+        result["data"] = [str(p) for p in run_cfg.data] or ([str(DEFAULT_PROMPTS)] if run_cfg.task == "generation" else [])
+        results["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        results["tasks"][run_cfg.task] = result
+        written = save_results(out, results)  # after every task: a long suite keeps what it has done
+        if run_cfg.task == "generation" or cfg.save_scores:
+            path = out / ("generations.jsonl" if run_cfg.task == "generation" else f"scores_{run_cfg.task}.jsonl")
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            dumps.append(path)
+        print(summary(run_cfg.task, result, rows))
+    if cfg.suite:
+        print(paper_table(results), end="")
     if results.get("plots_note"):
         print(results["plots_note"])
-    print("wrote " + ", ".join(str(p) for p in written))
+    print("wrote " + ", ".join(str(p) for p in written + dumps))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import torch
+
 from .checkpoint import load_model
 from .cli import parse_config, run
 from .formats import USER_PREFIX, check_format, decode_reply, first_id, render_conversation, stop_ids
 from .generate import generate
-from .precision import pick_device
+from .precision import pick_device, resolve_dtype
 from .tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 
 
@@ -39,12 +41,14 @@ class ChatConfig:
     max_new_tokens: int = 32
     seed: int = -1                             # -1: unseeded; else turn i samples with seed + i
     device: str = "auto"
+    dtype: str = "auto"                        # auto | fp32 | bf16 (bf16 weights); auto = bf16 where the GPU or CPU computes it natively
     log: str = ""                              # append every exchange to this JSONL file
 
 
-def load(model_dir: str, device: str = "auto"):
-    """The model (eval mode) and its tokenizer (any tokenizer.json: ours, SmolLM2's, llamalogue's)."""
-    model = load_model(model_dir, pick_device(device)).eval()
+def load(model_dir: str, device: str | torch.device = "auto", dtype: torch.dtype = torch.float32):
+    """The model (eval mode, weights in `dtype`) and its tokenizer (any tokenizer.json: ours, SmolLM2's,
+    llamalogue's)."""
+    model = load_model(model_dir, pick_device(device), dtype).eval()
     return model, load_tokenizer(model_dir, strict=False)
 
 
@@ -93,7 +97,9 @@ def main(argv=None) -> None:
     cfg = parse_config(ChatConfig, __doc__, argv)
     if not cfg.model:
         sys.exit("--model DIR is required: a model directory such as runs/sft/final")
-    model, tokenizer = load(cfg.model, cfg.device)
+    device = pick_device(cfg.device)
+    precision = resolve_dtype(cfg.dtype, device)
+    model, tokenizer = load(cfg.model, device, precision.infer_dtype)
     cfg.format = check_format(cfg.format)
     stops = stop_ids(tokenizer, cfg.format, model.cfg.eos_token_id)  # refuses chatml without <|im_end|>
     bos = first_id(model.cfg.bos_token_id)
@@ -103,8 +109,8 @@ def main(argv=None) -> None:
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt and cfg.format == "chatml" else []
     history = list(system)
     interactive = sys.stdin.isatty()
-    print(f"{cfg.model}: format {cfg.format}, context {context} tokens. Type a caregiver line; "
-          "/reset starts over, /quit ends.", file=sys.stderr)
+    print(f"{cfg.model}: format {cfg.format}, context {context} tokens, dtype {precision}. Type a caregiver "
+          "line; /reset starts over, /quit ends.", file=sys.stderr)
     turn = 0
     while True:
         try:

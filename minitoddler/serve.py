@@ -4,33 +4,37 @@
     python -m minitoddler.serve --model runs/sft/final --port 0 --api-key KEY   # any free port, with a key
 
 `POST /v1/chat/completions` (messages, max_tokens, temperature, top_p, stop, seed, n, stream as
-server-sent `chat.completion.chunk` events ending in `data: [DONE]`), `GET /v1/models`, `GET /health`,
-and `GET /`, one HTML page that chats through the same endpoint. The model is loaded once and run by one
-worker thread only: requests wait in a queue, and the worker puts every waiting request that samples
-alike through one `generate` call (prompts of different lengths are fine), so eight clients cost little
-more than one. A request with a seed runs alone, so its reply depends on the request only.
-Conversations are rendered as in `python -m minitoddler.chat` (system prompt added if missing, user
-turns as `Caregiver: …`, the oldest turns dropped to fit the context). Built on the standard library's
-ThreadingHTTPServer: nothing to install beyond what training needs.
+server-sent `chat.completion.chunk` events ending in `data: [DONE]`), `GET /v1/models`, `GET /health`
+(queue and slot state), `GET /metrics` (Prometheus text) and `GET /`, one HTML page that chats through
+the same endpoint. The model is loaded once and run by one engine thread with continuous batching
+(engine.py): a request joins the running batch at the next step and leaves it when it ends, so a short
+reply does not wait for a long one. At most --max-batch rows decode together; --max-queue requests may
+wait for a slot, and the next one is answered 429 with Retry-After. A client that disconnects (a closed
+tab, a timed-out request) has its generation stopped within a step. A request with a seed gets the reply
+it gets alone. Conversations are rendered as in `python -m minitoddler.chat` (system prompt added if
+missing, user turns as `Caregiver: …`, the oldest turns dropped to fit the context). Built on the
+standard library's ThreadingHTTPServer: nothing to install beyond what training needs.
 """
 from __future__ import annotations
 
 import hmac
 import json
-import queue
+import select
+import socket
 import sys
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from .chat import StudyLog, fit_prompt, load
 from .cli import parse_config, run
-from .formats import USER_PREFIX, check_format, decode_reply, first_id, stop_ids
-from .generate import generate
+from .engine import Engine, Job, QueueFull
+from .formats import USER_PREFIX, check_format, first_id
+from .metrics import CONTENT_TYPE
+from .precision import pick_device, resolve_dtype
 from .tokenizer import DEFAULT_SYSTEM_PROMPT
 
 PAGE = Path(__file__).with_name("static") / "chat.html"
@@ -56,9 +60,11 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000   # larger request bodies are refused (413)
     max_messages: int = 64          # the most messages one conversation may hold
     max_n: int = 8                  # the most completions (n) one request may ask for
-    max_batch: int = 32                        # rows (requests x n) in one generate call
-    batch_wait_ms: float = 5.0                 # how long the worker waits for requests to join a batch
+    max_batch: int = 32             # the most rows (requests x n) decoded together
+    max_queue: int = 64             # the most requests waiting for a slot; more are answered 429
+    prompt_cache: int = 2048        # tokens of recent prompts kept (keys/values) so that a shared beginning is not prefilled again; 0 = off
     device: str = "auto"
+    dtype: str = "auto"             # auto | fp32 | bf16 (bf16 weights); auto = bf16 where the GPU or CPU computes it natively
 
 
 class ApiError(Exception):
@@ -71,147 +77,6 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}}
-
-
-@dataclass
-class Job:
-    """One chat completion request, as the worker sees it; answers come back on `events`."""
-    id: str
-    prompt: list[int]
-    n: int
-    max_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
-    stop: list[str]
-    stream: bool
-    include_usage: bool = False  # stream_options.include_usage: a last chunk with the token counts
-    events: queue.Queue = field(default_factory=queue.Queue)  # ("delta", i, text) | ("done", result) | ("error", msg)
-    submitted: float = field(default_factory=time.perf_counter)
-
-
-@dataclass
-class Row:
-    """One completion being generated: its tokens so far, why it ended, and the text already streamed."""
-    job: Job
-    index: int
-    ids: list = field(default_factory=list)
-    produced: int = 0
-    finish: str | None = None
-    sent: str = ""
-
-
-def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    """`text` up to its first stop string (and True), or, if none is there yet, without a tail that may
-    be the beginning of one, so that a stream never shows what a stop string later takes back."""
-    found = [text.find(s) for s in stop if s in text]
-    if found:
-        return text[:min(found)], True
-    hold = max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-    return text[:len(text) - hold], False
-
-
-class Engine:
-    """The one thread that runs the model: takes queued jobs, micro-batches them through `generate`."""
-
-    def __init__(self, model, tokenizer, fmt: str, max_batch: int = 32, batch_wait_ms: float = 5.0):
-        self.model, self.tokenizer, self.fmt = model, tokenizer, fmt
-        self.stops = frozenset(stop_ids(tokenizer, fmt, model.cfg.eos_token_id))
-        self.context = model.cfg.max_position_embeddings
-        self.max_batch, self.batch_wait = max_batch, batch_wait_ms / 1000
-        self.queue: queue.Queue = queue.Queue()
-        self.batches = 0
-        self.thread = threading.Thread(target=self.run, name="minitoddler-engine", daemon=True)
-        self.thread.start()
-
-    def submit(self, job: Job) -> None:
-        self.queue.put(job)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-
-    def run(self) -> None:
-        pending: list[Job] = []
-        while True:
-            if not pending:
-                pending.append(self.queue.get())
-                time.sleep(self.batch_wait)  # let requests that arrive together share the batch
-            while True:
-                try:
-                    pending.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            if None in pending:
-                for job in pending:
-                    if job is not None:
-                        job.events.put(("error", "the server is shutting down"))
-                return
-            batch, pending = self.pick(pending)
-            self.run_batch(batch)
-
-    def pick(self, pending: list[Job]) -> tuple[list[Job], list[Job]]:
-        """The first job and every later one that can share its generate call; the rest wait, in order."""
-        first, rest = pending[0], []
-        batch, rows = [first], first.n
-        longest, longest_new = len(first.prompt), first.max_tokens
-        for job in pending[1:]:
-            fits = (rows + job.n <= self.max_batch and
-                    max(longest, len(job.prompt)) + max(longest_new, job.max_tokens) <= self.context)
-            if (first.seed is None and job.seed is None and fits and
-                    (job.temperature, job.top_p) == (first.temperature, first.top_p)):
-                batch.append(job)
-                rows += job.n
-                longest, longest_new = max(longest, len(job.prompt)), max(longest_new, job.max_tokens)
-            else:
-                rest.append(job)
-        return batch, rest
-
-    def update(self, row: Row, token: int) -> None:
-        """Add one sampled token to a row: end it at a stop token, stop string or its max_tokens; stream."""
-        row.produced += 1
-        if token in self.stops:
-            row.finish = "stop"
-            return
-        row.ids.append(token)
-        text, stopped = cut_at_stop(decode_reply(self.tokenizer, row.ids, self.fmt), row.job.stop)
-        if stopped:
-            row.finish = "stop"
-        elif row.produced >= row.job.max_tokens:
-            row.finish = "length"
-        if row.job.stream:
-            text = text.rstrip("\ufffd")  # hold back a character whose bytes are not all there yet
-            if text.startswith(row.sent) and len(text) > len(row.sent):
-                row.job.events.put(("delta", row.index, text[len(row.sent):]))
-                row.sent = text
-
-    def run_batch(self, batch: list[Job]) -> None:
-        rows = [Row(job, i) for job in batch for i in range(job.n)]
-        first = batch[0]
-
-        def on_token(tokens: list[int]) -> bool:
-            for row, token in zip(rows, tokens):
-                if row.finish is None:
-                    self.update(row, token)
-            return all(row.finish is not None for row in rows)
-
-        try:
-            generate(self.model, [row.job.prompt for row in rows], max(job.max_tokens for job in batch),
-                     temperature=first.temperature, top_p=first.top_p, stop_ids=sorted(self.stops), seed=first.seed,
-                     on_token=on_token)
-        except Exception as e:  # answer every waiting client, keep serving
-            for job in batch:
-                job.events.put(("error", f"generation failed: {type(e).__name__}: {e}"))
-            return
-        self.batches += 1
-        for job in batch:
-            choices = []
-            for row in (r for r in rows if r.job is job):
-                text, stopped = cut_at_stop(decode_reply(self.tokenizer, row.ids, self.fmt), job.stop)
-                choices.append({"text": text, "finish_reason": "stop" if stopped else row.finish or "length",
-                                "tokens": row.produced, "sent": row.sent})
-            job.events.put(("done", {"choices": choices, "prompt_tokens": len(job.prompt),
-                                     "completion_tokens": sum(c["tokens"] for c in choices)}))
 
 
 # --- requests ------------------------------------------------------------------------------------
@@ -268,11 +133,13 @@ def read_stop(body: dict) -> list[str]:
 # --- HTTP ------------------------------------------------------------------------------------------
 
 class Server(ThreadingHTTPServer):
-    """The HTTP server with what its handlers need: config, engine, model name, page, study log."""
+    """The HTTP server with what its handlers need: config, engine, model name, page, study log, and the
+    dtype --dtype resolved to (None for a model given as it is)."""
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: socketserver's 5 resets clients that connect together
 
-    def __init__(self, cfg: ServeConfig, engine: Engine, name: str, log: StudyLog | None):
-        self.cfg, self.engine, self.name, self.log = cfg, engine, name, log
+    def __init__(self, cfg: ServeConfig, engine: Engine, name: str, log: StudyLog | None, precision=None):
+        self.cfg, self.engine, self.name, self.log, self.precision = cfg, engine, name, log, precision
         self.bos = first_id(engine.model.cfg.bos_token_id)
         self.page = PAGE.read_bytes()
         self.started = int(time.time())
@@ -298,7 +165,7 @@ class Server(ThreadingHTTPServer):
         sampling = {"temperature": number(body, "temperature", cfg.temperature, 0, 2),
                     "top_p": number(body, "top_p", cfg.top_p, 1e-9, 1),
                     "max_tokens": max_tokens, "seed": number(body, "seed", None, -2**63, 2**63 - 1, integer=True),
-                    "n": number(body, "n", 1, 1, cfg.max_n, integer=True), "stop": read_stop(body)}
+                    "n": number(body, "n", 1, 1, min(cfg.max_n, cfg.max_batch), integer=True), "stop": read_stop(body)}
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise ApiError(400, f"'stream' must be true or false, got {stream!r}", "invalid_type", "stream")
@@ -330,16 +197,30 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # one short access line per request, on stderr
         sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
 
-    def send_json(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
+    def send_json(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        self.send_bytes(status, "application/json", json.dumps(payload).encode(), headers)
+
+    def send_bytes(self, status: int, kind: str, data: bytes, headers: dict | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
-    def send_error_json(self, error: ApiError) -> None:
-        self.send_json(error.status, error.body())
+    def send_error_json(self, error: ApiError, headers: dict | None = None) -> None:
+        self.send_json(error.status, error.body(), headers)
+
+    def client_gone(self) -> bool:
+        """True once the client has closed the connection (or it broke): readable, with nothing to read.
+        Called by the engine thread between steps while this thread waits for the reply."""
+        try:
+            poll = select.poll()
+            poll.register(self.connection, select.POLLIN)
+            return bool(poll.poll(0)) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def authorized(self) -> bool:
         key = self.server.cfg.api_key
@@ -352,15 +233,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         path = self.path.split("?")[0]
+        engine = self.server.engine
         if path in ("/", "/index.html"):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(self.server.page)))
-            self.end_headers()
-            self.wfile.write(self.server.page)
+            self.send_bytes(200, "text/html; charset=utf-8", self.server.page)
         elif path == "/health":
-            self.send_json(200, {"status": "ok", "model": self.server.name,
-                                 "queued": self.server.engine.queue.qsize(), "batches": self.server.engine.batches})
+            self.send_json(200, {"status": "ok", "model": self.server.name, "dtype": str(engine.dtype).split(".")[-1],
+                                 "max_batch": engine.max_batch, **engine.status()})
+        elif path == "/metrics":
+            status = engine.status()
+            gauges = {"queue_length": ("Requests waiting for a slot.", status["queued"]),
+                      "active_rows": ("Rows (requests x n) being generated.", status["slots_processing"]),
+                      "max_batch": ("The most rows decoded together (--max-batch).", engine.max_batch)}
+            self.send_bytes(200, CONTENT_TYPE, engine.metrics.render(gauges).encode())
         elif path == "/v1/models":
             if self.authorized():
                 self.send_json(200, {"object": "list", "data": [
@@ -368,7 +252,7 @@ class Handler(BaseHTTPRequestHandler):
                      "owned_by": "minitoddler"}]})
         else:
             self.send_error_json(ApiError(404, f"no route GET {path}; try POST /v1/chat/completions, "
-                                               "GET /v1/models, GET /health or GET /", "not_found"))
+                                               "GET /v1/models, GET /health, GET /metrics or GET /", "not_found"))
 
     def read_body(self) -> dict:
         length = self.headers.get("Content-Length")
@@ -411,21 +295,33 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error_json(e)
             self.discard(getattr(self, "unread", 0))
             return
-        self.server.engine.submit(job)
+        job.gone = self.client_gone
+        try:
+            self.server.engine.submit(job)
+        except QueueFull as e:
+            self.send_error_json(ApiError(429, str(e), "rate_limit_exceeded", kind="requests"),
+                                 {"Retry-After": str(e.retry_after)})
+            return
+        except RuntimeError as e:  # shutting down
+            self.send_error_json(ApiError(503, str(e), "server_shutting_down", kind="server_error"))
+            return
         if job.stream:
             self.stream(job, messages, sampling)
-        else:
-            kind, *payload = job.events.get()
+            return
+        kind, *payload = job.events.get()
+        try:
             if kind == "error":
                 self.send_error_json(ApiError(500, payload[0], "server_error", kind="server_error"))
                 return
             result = payload[0]
+            self.record(job, messages, sampling, result, None)
             self.send_json(200, {
                 "id": job.id, "object": "chat.completion", "created": int(time.time()), "model": self.server.name,
                 "choices": [{"index": i, "message": {"role": "assistant", "content": c["text"]}, "logprobs": None,
                              "finish_reason": c["finish_reason"]} for i, c in enumerate(result["choices"])],
                 "usage": self.usage(result)})
-            self.record(job, messages, sampling, result, None)
+        except OSError:  # the client left (its reply was cancelled)
+            self.close_connection = True
 
     @staticmethod
     def usage(result: dict) -> dict:
@@ -450,7 +346,7 @@ class Handler(BaseHTTPRequestHandler):
                 try:
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
-                except OSError:  # the client left; the job still finishes and is logged
+                except OSError:  # the client left: the engine sees it too and cancels the job
                     alive = False
 
         def choice(i: int, delta: dict, finish: str | None = None) -> list[dict]:
@@ -499,16 +395,19 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def make_server(cfg: ServeConfig, model=None, tokenizer=None) -> Server:
-    """A server bound to cfg.host:cfg.port (not yet serving: call serve_forever), loading cfg.model
-    unless a model and tokenizer are given."""
+    """A server bound to cfg.host:cfg.port (not yet serving: call serve_forever), loading cfg.model in
+    cfg.dtype unless a model and tokenizer are given (used as they are)."""
     cfg.format = check_format(cfg.format)
+    precision = None
     if model is None:
         if not cfg.model:
             raise ValueError("--model DIR is required: a model directory such as runs/sft/final")
-        model, tokenizer = load(cfg.model, cfg.device)
+        device = pick_device(cfg.device)
+        precision = resolve_dtype(cfg.dtype, device)
+        model, tokenizer = load(cfg.model, device, precision.infer_dtype)
     name = cfg.name or (Path(cfg.model).resolve().name if cfg.model else "minitoddler")
-    engine = Engine(model, tokenizer, cfg.format, cfg.max_batch, cfg.batch_wait_ms)
-    return Server(cfg, engine, name, StudyLog(cfg.log) if cfg.log else None)
+    engine = Engine(model, tokenizer, cfg.format, cfg.max_batch, cfg.max_queue, cfg.prompt_cache)
+    return Server(cfg, engine, name, StudyLog(cfg.log) if cfg.log else None, precision)
 
 
 def main(argv=None) -> None:
@@ -518,7 +417,8 @@ def main(argv=None) -> None:
     except (ValueError, OSError) as e:
         sys.exit(f"serve: {e}")
     host, port = server.server_address[:2]
-    print(f"serving {server.name} on http://{host}:{port}/ (chat page at /, API at /v1)", flush=True)
+    print(f"serving {server.name} on http://{host}:{port}/ (chat page at /, API at /v1; dtype {server.precision})",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

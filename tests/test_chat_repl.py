@@ -1,6 +1,6 @@
 """The terminal chat driven through stdin: replies equal direct `generate` calls on the conversation so
-far (chat and dialogue formats), /reset forgets, /quit and end of input exit cleanly, the study log, and
-the history trimming that keeps the system prompt."""
+far (chat and dialogue formats), /reset forgets, /quit and end of input exit cleanly, the study log, the
+history trimming that keeps the system prompt, and --dtype."""
 import io
 import json
 import os
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from minitoddler import chat
@@ -116,3 +117,20 @@ def test_foreign_tokenizer_smollm2_style(tmp_path, monkeypatch, capsys):
     ids = tok.encode(f"{IM_START}user\nWhere is the Doggie?{IM_END}\n{IM_START}assistant\n", add_special_tokens=False).ids
     out = generate(model, [ids], 5, stop_ids=[3])[0]
     assert capsys.readouterr().out == f"toddler: {tok.decode(out, skip_special_tokens=True).strip()}\n"
+
+
+def test_dtype_bf16_and_a_bad_dtype(model_dir, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("where is the ball?\n"))
+    weights = []
+    monkeypatch.setattr(chat, "generate", lambda m, *a, **k: weights.append(m.embed_tokens.weight.dtype) or
+                        generate(m, *a, **k))
+    flags = ["--model", str(model_dir), "--temperature", "0", "--max-new-tokens", "6", "--device", "cpu"]
+    chat.main(flags + ["--dtype", "bf16"])
+    assert weights == [torch.bfloat16]
+    model, tok = load(str(model_dir), "cpu", torch.bfloat16)
+    ids = render_chat(tok, caregiver_chat("where is the ball?"), add_generation_prompt=True).ids
+    out = capsys.readouterr()
+    assert out.out == f"toddler: {decode_reply(tok, greedy(model, tok, ids, [0, 2]), 'chatml')}\n"
+    assert "dtype bf16 (--dtype bf16" in out.err
+    with pytest.raises(ValueError, match="--dtype must be one of auto, fp32, bf16; got 'fp16'"):
+        chat.main(flags + ["--dtype", "fp16"])

@@ -100,6 +100,7 @@ def test_compare_runs(model_dir, shared_data, tmp_path, capsys):
     r = [json.loads((tmp_path / n / "results.json").read_text())["tasks"]["zorro"] for n in ("bos", "mc")]
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     expected = ["| | bos | mc |", "|---|---:|---:|", f"| model | `{model_dir}` | `{model_dir}` |",
+                f"| Zorro (accuracy %) | {100 * r[0]['macro_accuracy']:.2f} | {100 * r[1]['macro_accuracy']:.2f} |",
                 f"| zorro: macro accuracy % | {pct(r[0]['macro_accuracy'])} | {pct(r[1]['macro_accuracy'])} |",
                 f"| zorro: micro accuracy % | {pct(r[0]['micro_accuracy'])} | {pct(r[1]['micro_accuracy'])} |",
                 "| zorro: convention | bos | minicons |"]
@@ -172,6 +173,21 @@ def test_report_and_compare_by_hand(tmp_path):
         (tmp_path / name / "results.json").write_text(json.dumps(
             {**results, "tasks": {"zorro": {**task, "convention": convention, "bow_correction": name == "y"}}}))
     assert compare_runs([tmp_path / "x", tmp_path / "y"]) == (
-        "| | x | y |\n|---|---:|---:|\n| model | `m` | `m` |\n| zorro: macro accuracy % | 66.7 | 66.7 |\n"
+        "| | x | y |\n|---|---:|---:|\n| model | `m` | `m` |\n| Zorro (accuracy %) | 66.67 | 66.67 |\n"
+        "| zorro: macro accuracy % | 66.7 | 66.7 |\n"
         "| zorro: micro accuracy % | 50.0 | 50.0 |\n| zorro: convention | bos | minicons + bow |\n"
         "| zorro / a | 33.3 | 33.3 |\n| zorro / b | 100.0 | 100.0 |\n")
+
+
+def test_evaluation_keeps_fp32_weights_unless_asked(model_dir, shared_data, tmp_path, monkeypatch):
+    """On a device where --dtype auto means bf16 (a GPU, or a CPU with avx512_bf16), the default still scores
+    in fp32: the minimal-pair accuracies the docs call reproduced exactly must not drift with the machine."""
+    bf16_cpu = {"avx2", "avx512f", "avx512_bf16"}
+    resolve = eval_script.resolve_dtype
+    monkeypatch.setattr(eval_script, "resolve_dtype", lambda name, device: resolve(name, device, flags=bf16_cpu))
+    zorro = ["--model", model_dir, "--device", "cpu", "--task", "zorro", "--data", shared_data / "eval" / "zorro",
+             "--limit", 2]
+    run(*zorro, "--out", tmp_path / "default")
+    run(*zorro, "--out", tmp_path / "auto", "--dtype", "auto")
+    dtype = lambda run: json.loads((tmp_path / run / "results.json").read_text())["tasks"]["zorro"]["dtype"]  # noqa: E731
+    assert dtype("default").startswith("fp32") and dtype("auto").startswith("bf16")

@@ -1,18 +1,28 @@
 """The OpenAI-compatible server on a free localhost port with a tiny model: the official `openai` client,
-plain and streamed replies equal to a direct `generate` call, 8 concurrent clients micro-batched, the
-4xx answers (and serving on after each), the API key, stop strings, n, seeds, context trimming and the
-study log."""
+plain and streamed replies equal to a direct `generate` call, 8 concurrent clients sharing decoding steps,
+the 4xx answers (and serving on after each), the API key, stop strings, n, seeds, context trimming and the
+study log. Through a gated model (tests/gate.py), step by step: a short request joins a running long one,
+a full queue answers 429, a client that disconnects stops its row; and 32 clients that come and go leave
+no thread, row or job behind. /metrics, /health and --dtype."""
+import gc
 import http.client
 import json
+import random
+import re
 import threading
+import time
 
 import openai
 import pytest
+import torch
 
+from gate import Gate
+from minitoddler import serve
 from minitoddler.chat import load
 from minitoddler.chatml import caregiver_chat, render_chat
+from minitoddler.engine import Job, cut_at_stop
 from minitoddler.generate import generate
-from minitoddler.serve import ServeConfig, cut_at_stop, make_server
+from minitoddler.serve import ServeConfig, make_server
 from tiny_chat_model import make_model_dir
 
 LINES = ["what is that?", "do you want more apple juice or the banana", "look", "where did the doggy go?",
@@ -64,13 +74,47 @@ def reference(model_and_tok, messages, max_tokens):
     return tok.decode([t for t in out if t not in (0, 2)], skip_special_tokens=True).strip(), len(ids), out
 
 
-def raw(server, method, path, body=b"", headers=None):
+def request(server, method, path, body=b"", headers=None):
+    """(status, response headers, body bytes) of one request on its own connection."""
     conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
     conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
     r = conn.getresponse()
     data = r.read()
     conn.close()
-    return r.status, json.loads(data) if data else None
+    return r.status, r.headers, data
+
+
+def raw(server, method, path, body=b"", headers=None):
+    status, _, data = request(server, method, path, body, headers)
+    return status, json.loads(data) if data else None
+
+
+def metrics(server) -> dict[str, float]:
+    """GET /metrics as {'name{labels}': value}, every line checked against Prometheus' text format."""
+    status, headers, data = request(server, "GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    out = {}
+    for line in data.decode().splitlines():
+        if line.startswith("#"):
+            assert re.fullmatch(r"# (HELP \w+ \S.*|TYPE \w+ (counter|gauge|histogram))", line), line
+            continue
+        key, value = line.rsplit(" ", 1)
+        assert re.fullmatch(r'[a-z_]+(\{[a-z]+="[^"]+"\})?', key), line
+        out[key] = float(value)
+    return out
+
+
+def wait_until(check, what: str, timeout: float = 60) -> None:
+    """Poll `check` (server state that another thread changes) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def chat_body(line: str, max_tokens: int, stream: bool = False, **extra) -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": line}], "max_tokens": max_tokens,
+                       "temperature": 0, "stream": stream, **extra}).encode()
 
 
 def test_openai_client_plain_and_streamed(server, model_and_tok):
@@ -101,7 +145,7 @@ def test_openai_client_plain_and_streamed(server, model_and_tok):
 def test_eight_concurrent_clients_five_requests_each(server, model_and_tok):
     """Each reply equals the one its conversation gets alone, although most run in shared batches."""
     want = {line: reference(model_and_tok, caregiver_chat(line), 10)[0] for line in LINES}
-    batches_before = raw(server, "GET", "/health")[1]["batches"]
+    before = metrics(server)
     results, errors = [], []
 
     def worker(k):
@@ -127,8 +171,9 @@ def test_eight_concurrent_clients_five_requests_each(server, model_and_tok):
         t.join(timeout=300)
     assert not errors and len(results) == 40
     assert all(text == want[line] for line, text in results)
-    batches = raw(server, "GET", "/health")[1]["batches"] - batches_before
-    assert batches < 30  # 40 requests shared generate calls
+    after = metrics(server)
+    steps, tokens = (after[k] - before[k] for k in ("minitoddler_decode_steps_total", "minitoddler_generated_tokens_total"))
+    assert tokens - 40 > 2 * steps  # rows shared steps (alone: the prefill's token, then one per step)
 
 
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
@@ -278,3 +323,187 @@ def test_dialogue_format_server(model_dir, model_and_tok):
     out = generate(model, [ids], 8, stop_ids=stops)[0]
     assert r.usage.prompt_tokens == len(ids)
     assert r.choices[0].message.content == tok.decode(out, skip_special_tokens=True).split("\n")[0].strip()
+
+
+def gated(model_dir, model_and_tok, **overrides):
+    gate = Gate(model_and_tok[0])
+    return gate, start(model_dir, (gate, model_and_tok[1]), **overrides)
+
+
+def test_short_request_joins_a_running_long_one(model_dir, model_and_tok):
+    long_want = reference(model_and_tok, caregiver_chat(LINES[1]), 30)[0]
+    short_want = reference(model_and_tok, caregiver_chat(LINES[0]), 3)[0]
+    gate, s = gated(model_dir, model_and_tok)
+    got = {}
+
+    def ask(name, line, max_tokens, stream):
+        kw = dict(model=s.name, messages=[{"role": "user", "content": line}], max_tokens=max_tokens, temperature=0)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{s.server_address[1]}/v1", api_key="-", max_retries=0, timeout=60)
+        if stream:
+            got[name] = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(stream=True, **kw))
+        else:
+            got[name] = c.chat.completions.create(**kw).choices[0].message.content
+
+    try:
+        long = threading.Thread(target=ask, args=("long", LINES[1], 30, True))
+        long.start()
+        gate.advance(3)  # the long reply's prefill and two steps: 3 tokens, the engine waits before the next
+        short = threading.Thread(target=ask, args=("short", LINES[0], 3, False))
+        short.start()
+        wait_until(lambda: raw(s, "GET", "/health")[1]["queued"] == 1, "the short request waits")
+        gate.advance(4)  # a step of the long one, the short one's prefill, two steps of both: the short is done
+        short.join(timeout=60)
+        health = raw(s, "GET", "/health")[1]
+        assert got == {"short": short_want}  # answered while the long one still runs:
+        assert (health["queued"], health["slots_processing"], health["slots_idle"]) == (0, 1, s.cfg.max_batch - 1)
+        assert [(x["generated"], x["max_tokens"], x["choice"]) for x in health["slots"]] == [(6, 30, 0)]
+        gate.release()
+        long.join(timeout=60)
+        assert got["long"] == long_want  # the rows that joined and left did not disturb it
+    finally:
+        gate.release()
+        stop(s)
+
+
+def test_full_queue_answers_429_and_serving_goes_on(model_dir, model_and_tok):
+    gate, s = gated(model_dir, model_and_tok, max_batch=1, max_queue=1)
+    answers = []
+    try:
+        first = threading.Thread(target=lambda: answers.append(raw(s, "POST", "/v1/chat/completions",
+                                                                   chat_body("hi", 20))))
+        first.start()
+        gate.advance(1)  # prefilled: it holds the only slot
+        second = threading.Thread(target=lambda: answers.append(raw(s, "POST", "/v1/chat/completions",
+                                                                    chat_body("look", 2))))
+        second.start()
+        wait_until(lambda: raw(s, "GET", "/health")[1]["queued"] == 1, "the second request waits")
+        status, headers, data = request(s, "POST", "/v1/chat/completions", chat_body("no", 2))
+        error = json.loads(data)["error"]
+        assert status == 429 and int(headers["Retry-After"]) >= 1
+        assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded") and "--max-queue" in error["message"]
+        with pytest.raises(openai.RateLimitError, match="busy"):
+            client(s).chat.completions.create(model=s.name, messages=[{"role": "user", "content": "hi"}])
+        assert metrics(s)['minitoddler_requests_total{outcome="rejected"}'] == 2
+        gate.release()
+        for t in (first, second):
+            t.join(timeout=60)
+        assert sorted(a[1]["usage"]["completion_tokens"] for a in answers) == [2, 20]
+        assert raw(s, "POST", "/v1/chat/completions", chat_body("more", 2))[0] == 200
+    finally:
+        gate.release()
+        stop(s)
+
+
+def test_client_that_disconnects_stops_its_row(model_dir, model_and_tok, tmp_path):
+    want = reference(model_and_tok, caregiver_chat(LINES[4]), 40)[0]
+    log = tmp_path / "study.jsonl"
+    gate, s = gated(model_dir, model_and_tok, log=str(log))
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", s.server_address[1], timeout=60)
+        conn.request("POST", "/v1/chat/completions", body=chat_body(LINES[4], 40, stream=True))
+        response = conn.getresponse()
+        assert response.readline().startswith(b"data: ")  # the stream is open
+        gate.advance(4)  # prefill and 3 steps: 4 tokens
+        response.close()
+        conn.close()  # the tab closes
+        gate.release()
+        wait_until(lambda: log.exists() and log.read_text(), "the study log has the cancelled reply")
+        generated = metrics(s)["minitoddler_generated_tokens_total"]
+        assert 4 <= generated <= 6  # it stopped within a step or two, not at 40
+        assert raw(s, "GET", "/health")[1]["slots_processing"] == 0
+        assert metrics(s)["minitoddler_generated_tokens_total"] == generated
+        record = json.loads(log.read_text())
+        assert record["finish_reason"] == ["cancelled"] and record["usage"]["completion_tokens"] == generated
+        assert want.startswith(record["reply"])
+        assert metrics(s)['minitoddler_requests_total{outcome="cancelled"}'] == 1
+    finally:
+        gate.release()
+        stop(s)
+
+
+def storm_request(port: int, rng: random.Random, line: str) -> str:
+    """One request that may be left early: 'left' then, else its reply checked for OpenAI's shape."""
+    stream, leave = rng.random() < 0.5, rng.random() < 0.3
+    max_tokens = rng.randint(1, 24)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", "/v1/chat/completions", body=chat_body(line, max_tokens, stream, temperature=0.8))
+    if leave and not stream:  # a client that times out before the reply
+        conn.close()
+        return "left"
+    response = conn.getresponse()
+    assert response.status == 200
+    if not stream:
+        r = json.loads(response.read())
+        conn.close()
+        choice = r["choices"][0]
+        assert r["object"] == "chat.completion" and isinstance(choice["message"]["content"], str)
+        assert choice["finish_reason"] in ("stop", "length") and 1 <= r["usage"]["completion_tokens"] <= max_tokens
+        return "reply"
+    lines = []
+    for raw_line in response:
+        if raw_line.strip():
+            lines.append(raw_line.decode().strip())
+        if leave and len(lines) > rng.randint(1, 6):
+            break
+    response.close()
+    conn.close()
+    if leave and lines[-1] != "data: [DONE]":
+        return "left"
+    assert lines[-1] == "data: [DONE]" and all(x.startswith("data: ") for x in lines)
+    chunks = [json.loads(x[6:]) for x in lines[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    return "reply"
+
+
+def test_32_clients_that_come_and_go_leave_nothing_behind(model_dir, model_and_tok):
+    s = start(model_dir, model_and_tok, max_batch=16)  # fewer slots than clients: requests also wait
+    before = set(threading.enumerate())
+    outcomes, errors = [], []
+
+    def client_loop(k):
+        rng = random.Random(k)
+        try:
+            for j in range(5):
+                outcomes.append(storm_request(s.server_address[1], rng, LINES[(k + j) % len(LINES)]))
+        except Exception as e:  # reported below
+            errors.append(repr(e))
+
+    try:
+        threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not any(t.is_alive() for t in threads) and not errors, errors
+        assert len(outcomes) == 160 and 0 < outcomes.count("left") < 100
+        wait_until(lambda: raw(s, "GET", "/health")[1]["slots_processing"] == 0, "every row has ended")
+        wait_until(lambda: not set(threading.enumerate()) - before, "every connection's thread has ended")
+        m = metrics(s)
+        done = {k: m[f'minitoddler_requests_total{{outcome="{k}"}}'] for k in ("completed", "cancelled", "rejected")}
+        assert done["completed"] + done["cancelled"] == 160 and done["rejected"] == 0
+        assert done["completed"] >= outcomes.count("reply")
+        ttft = m['minitoddler_time_to_first_token_seconds_bucket{le="+Inf"}']
+        assert ttft == m["minitoddler_time_to_first_token_seconds_count"] >= done["completed"]
+        assert (m["minitoddler_active_rows"], m["minitoddler_queue_length"]) == (0, 0)
+        engine = s.engine
+        assert engine.rows == [] and len(engine.batches) == 1 and engine.batches[0].k == [] and not engine.waiting
+        gc.collect()
+        assert [o for o in gc.get_objects() if type(o) is Job] == []
+    finally:
+        stop(s)
+
+
+def test_dtype_bf16_and_a_bad_dtype(model_dir, model_and_tok):
+    s = make_server(ServeConfig(model=str(model_dir), port=0, dtype="bf16", device="cpu"))
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        assert raw(s, "GET", "/health")[1]["dtype"] == "bfloat16" and s.precision.name == "bf16"
+        r = client(s).chat.completions.create(model=s.name, messages=[{"role": "user", "content": LINES[3]}],
+                                              max_tokens=8, temperature=0)
+    finally:
+        stop(s)
+    bf16 = load(str(model_dir), "cpu", torch.bfloat16)
+    assert r.choices[0].message.content == reference(bf16, caregiver_chat(LINES[3]), 8)[0]
+    with pytest.raises(SystemExit, match="--dtype must be one of auto, fp32, bf16; got 'fp16'"):
+        serve.main(["--model", str(model_dir), "--dtype", "fp16"])

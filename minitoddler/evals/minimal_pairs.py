@@ -368,6 +368,30 @@ def bow_corrected_logprobs(model, prefixes: list[list[int]], continuations: list
     return torch.where(scored, score, 0.0).sum(-1)
 
 
+class ProgressLog:
+    """A tqdm bar on a terminal; elsewhere (logs, CI) a plain line every 20 s with the rate and an ETA."""
+
+    def __init__(self, total: int, desc: str, unit: str = "sequences", short: str = "seq"):
+        self.total, self.desc, self.unit, self.short, self.done = total, desc, unit, short, 0
+        self.bar = tqdm(total=total, desc=desc, unit=short, disable=None, leave=False)
+        self.t_start = self.t_line = time.time()
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.done, now = self.done + n, time.time()
+        if self.bar.disable and now - self.t_line > 20:
+            self.t_line, rate = now, self.done / (now - self.t_start)
+            print(f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} | {rate:.3g} {self.short}/s | elapsed "
+                  f"{format_duration(now - self.t_start)} | ETA {format_duration((self.total - self.done) / rate)}",
+                  file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
 @torch.no_grad()
 def score_continuations(model, prefixes: list[list[int]], continuations: list[list[int]],
                         max_tokens: int = 0, is_bow: torch.Tensor | None = None,
@@ -384,9 +408,7 @@ def score_continuations(model, prefixes: list[list[int]], continuations: list[li
     was_training = model.training
     model.eval()
     buckets = length_buckets([len(p) + len(c) for p, c in unique], max_tokens)
-    t_start = t_line = time.time()
-    done = 0
-    with tqdm(total=len(unique), desc=desc, unit="seq", disable=None, leave=False) as bar:
+    with ProgressLog(len(unique), desc) as progress:
         for bucket in buckets:
             pre = [list(unique[i][0]) for i in bucket]
             cont = [list(unique[i][1]) for i in bucket]
@@ -394,13 +416,7 @@ def score_continuations(model, prefixes: list[list[int]], continuations: list[li
                 scores[bucket] = sequence_logprobs(model, pre, cont, batch_size=len(bucket))
             else:
                 scores[bucket] = bow_corrected_logprobs(model, pre, cont, is_bow)
-            bar.update(len(bucket))
-            done, now = done + len(bucket), time.time()
-            if bar.disable and now - t_line > 20:  # plain logs: a line every 20 s
-                t_line, rate = now, done / (now - t_start)
-                print(f"{desc}: {done:,}/{len(unique):,} sequences | {rate:.3g} seq/s | elapsed "
-                      f"{format_duration(now - t_start)} | ETA {format_duration((len(unique) - done) / rate)}",
-                      file=sys.stderr, flush=True)
+            progress.update(len(bucket))
     model.train(was_training)
     return scores[[index[k] for k in keys]]
 
