@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,12 +62,13 @@ class BenchConfig:
     threads: int = 0             # torch threads (0: torch's default)
 
 
-def stream_once(port: int, line: str, max_tokens: int, start_at: float = 0.0) -> tuple[float, float, float, int]:
+def stream_once(port: int, line: str, max_tokens: int, start_at: float = 0.0,
+                temperature: float = 0.7) -> tuple[float, float, float, int]:
     """One streamed request sent at `start_at` (time.time()): (sent at, seconds to the first content
     chunk, seconds to the end, tokens)."""
     time.sleep(max(0.0, start_at - time.time()))
     body = json.dumps({"messages": [{"role": "user", "content": line}], "max_tokens": max_tokens,
-                       "stream": True, "stream_options": {"include_usage": True}})
+                       "temperature": temperature, "stream": True, "stream_options": {"include_usage": True}})
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
     sent, start = time.time(), time.perf_counter()
     conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
@@ -110,17 +111,19 @@ def staggered(port: int, clients: int, cfg: BenchConfig) -> dict:
 
 
 def long_and_short(port: int, cfg: BenchConfig) -> dict:
-    """A long request, and short ones sent while it runs, each from its own process."""
+    """A long request (greedy: a sampled one may stop early), and short ones sent while it runs, each
+    from its own process."""
     with multiprocessing.get_context("fork").Pool(cfg.shorts + 1) as pool:
         t0 = time.time() + 0.5
-        long = pool.apply_async(stream_once, (port, LINES[0], cfg.long_tokens, t0))
+        long = pool.apply_async(stream_once, (port, LINES[0], cfg.long_tokens, t0, 0.0))
         shorts = [pool.apply_async(stream_once, (port, LINES[1 + k % 7], cfg.max_tokens, t0 + (k + 1) * cfg.stagger))
                   for k in range(cfg.shorts)]
         long, shorts = long.get(), [s.get() for s in shorts]
     long_end, wall = long[0] + long[2], max(r[0] + r[2] for r in [long, *shorts]) - t0
     return {"scenario": f"long {cfg.long_tokens} + {cfg.shorts} short", **summary(shorts, wall),
             "total_tok_s": sum(r[3] for r in [long, *shorts]) / wall,  # the shorts' figures, but the total
-            "long_end_s": long_end - t0, "shorts_before_long": sum(s[0] + s[2] < long_end for s in shorts)}
+            "long_tokens": long[3], "long_end_s": long_end - t0,
+            "shorts_before_long": sum(s[0] + s[2] < long_end for s in shorts)}
 
 
 def main(argv=None) -> None:
@@ -139,9 +142,13 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer(texts, Path(tmp), vocab_size=8192)  # the bundled corpus gives fewer entries
         for name in cfg.models:
-            model = ToddlerLM(preset(name)).to(device, precision.infer_dtype).eval()
+            # the tokenizer's vocabulary (the bundled corpus trains ~2.7k entries, not 8192): a random model
+            # would otherwise pick ids without text two times in three, and a reply would show late
+            torch.manual_seed(0)
+            model = ToddlerLM(replace(preset(name), vocab_size=tok.get_vocab_size())).to(device, precision.infer_dtype).eval()
             server = make_server(ServeConfig(port=0, name=name, max_batch=cfg.max_batch), model, tok)
             threading.Thread(target=server.serve_forever, daemon=True).start()
+            print(f"{name}: {model.num_parameters() / 1e6:.1f}M parameters, vocabulary {model.cfg.vocab_size}", flush=True)
             port = server.server_address[1]
             try:
                 stream_once(port, LINES[0], 4)  # warm-up
@@ -159,8 +166,8 @@ def main(argv=None) -> None:
     print("\n| model | dtype | scenario | time to first token (median, p90) | tokens/s per stream | tokens/s total | load (1 min) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        extra = f"; long ends at {r['long_end_s']:.1f} s, {r['shorts_before_long']}/{r['requests']} short ones before" \
-            if "long_end_s" in r else ""
+        extra = (f"; the long one ({r['long_tokens']} tokens) ends at {r['long_end_s']:.1f} s, "
+                 f"{r['shorts_before_long']}/{r['requests']} short ones before it") if "long_end_s" in r else ""
         print(f"| {r['model']} | {r['dtype']} | {r['scenario']} | {r['ttft_s']:.2f} s, {r['ttft_p90_s']:.2f} s{extra} | "
               f"{r['stream_tok_s']:.1f} | {r['total_tok_s']:.1f} | {r['load_before']:.1f}-{r['load_after']:.1f} |")
 

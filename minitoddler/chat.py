@@ -41,7 +41,8 @@ class ChatConfig:
     max_new_tokens: int = 32
     seed: int = -1                             # -1: unseeded; else turn i samples with seed + i
     device: str = "auto"
-    dtype: str = "auto"                        # auto | fp32 | bf16 (bf16 weights); auto = bf16 where the GPU or CPU computes it natively
+    dtype: str = "auto"                        # auto | fp32 | bf16 (bf16 weights); auto = bf16 where the GPU
+                                               # or CPU computes it natively
     log: str = ""                              # append every exchange to this JSONL file
 
 

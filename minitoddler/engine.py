@@ -94,8 +94,9 @@ class Engine:
 
     def __init__(self, model, tokenizer, fmt: str, max_batch: int = 32, max_queue: int = 64,
                  prompt_cache: int = 2048):
-        if max_batch < 1 or max_queue < 1:
-            raise ValueError(f"--max-batch and --max-queue must be at least 1, got {max_batch} and {max_queue}")
+        if max_batch < 1 or max_queue < 1 or prompt_cache < 0:
+            raise ValueError(f"--max-batch and --max-queue must be at least 1 and --prompt-cache at least 0, got "
+                             f"{max_batch}, {max_queue} and {prompt_cache}")
         model.eval()
         self.model, self.tokenizer, self.fmt = model, tokenizer, fmt
         self.stops = frozenset(stop_ids(tokenizer, fmt, model.cfg.eos_token_id))
@@ -160,7 +161,14 @@ class Engine:
                     break
                 joining = self.take()
             try:
-                self.iterate(joining)
+                if joining:
+                    self.admit(joining)
+                    with self.wake:  # who came during that prefill joins now, not a step (as long) later
+                        late = self.take()
+                    joining += late
+                    if late:
+                        self.admit(late)
+                self.iterate()
             except Exception as e:  # a bug: answer everyone it may have touched, keep serving
                 traceback.print_exc()
                 for job in joining + self.jobs():
@@ -172,10 +180,8 @@ class Engine:
         self.waiting.clear()
         self.batches = [self.new_batch(self.max_batch)]
 
-    def iterate(self, joining: list[Job]) -> None:
-        """Admit the joining jobs, cancel the rows of clients that left, then step every batch once."""
-        if joining:
-            self.admit(joining)
+    def iterate(self) -> None:
+        """Cancel the rows of clients that left, then step every batch once."""
         for job in self.jobs():
             if job.gone():
                 for row in job.rows:

@@ -62,9 +62,11 @@ class ServeConfig:
     max_n: int = 8                  # the most completions (n) one request may ask for
     max_batch: int = 32             # the most rows (requests x n) decoded together
     max_queue: int = 64             # the most requests waiting for a slot; more are answered 429
-    prompt_cache: int = 2048        # tokens of recent prompts kept (keys/values) so that a shared beginning is not prefilled again; 0 = off
+    prompt_cache: int = 2048        # tokens of recent prompts whose keys/values are kept, so that a shared
+                                    # beginning (system prompt, earlier turns) is prefilled once; 0 = off
     device: str = "auto"
-    dtype: str = "auto"             # auto | fp32 | bf16 (bf16 weights); auto = bf16 where the GPU or CPU computes it natively
+    dtype: str = "auto"             # auto | fp32 | bf16 (bf16 weights); auto = bf16 where the GPU or CPU
+                                    # computes it natively
 
 
 class ApiError(Exception):

@@ -163,6 +163,15 @@ def test_clusters_merge_only_when_it_saves_tokens():
     assert shared_prefix.tokens_run(groups[0] + groups[2]) == (40, 40 + 4 * 3)  # 40 shared; each its own 3
 
 
+def test_batches_keep_to_the_budgets():
+    lengths = [(40 + 7 * i % 90, 3 + i % 11, 2 + i % 9) for i in range(60)]  # (shared, tail, options)
+    out = shared_prefix.batches(lengths, max_tokens=200)
+    assert sorted(i for b in out for i in b) == list(range(60)) and len(out) > 5
+    for b in out:
+        m, t, k = max(lengths[i][0] for i in b), max(lengths[i][1] for i in b), sum(lengths[i][2] for i in b)
+        assert len(b) == 1 or (m * len(b) <= 200 and t * k <= 200 and k * (m + t) <= shared_prefix.CACHE_ROWS * 200)
+
+
 def test_ties_go_to_the_first_option():
     """Identical scores count as right (the pipeline's argmax picks the first of equal maxima)."""
     items = [Item("a", ["x", "y"], ["x", "y"]), Item("a", ["x", "y"], ["x", "y"]), Item("b", ["x", "y", "z"], ["x", "y", "z"])]
@@ -288,3 +297,6 @@ def test_datafile_reads_plain_files(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text("x")
     assert DataFile(path).read_text() == "x" and DataFile(path).stem == "a"
+    path.write_bytes(b"PK\x03\x04\xff\xfe")  # a zip named .jsonl, say
+    with pytest.raises(ValueError, match=r"a.jsonl: not UTF-8 text \(invalid start byte at byte 4\)"):
+        DataFile(path).read_text()

@@ -494,7 +494,7 @@ def test_32_clients_that_come_and_go_leave_nothing_behind(model_dir, model_and_t
         stop(s)
 
 
-def test_dtype_bf16_and_a_bad_dtype(model_dir, model_and_tok):
+def test_dtype_bf16_and_bad_flags(model_dir, model_and_tok):
     s = make_server(ServeConfig(model=str(model_dir), port=0, dtype="bf16", device="cpu"))
     threading.Thread(target=s.serve_forever, daemon=True).start()
     try:
@@ -507,3 +507,5 @@ def test_dtype_bf16_and_a_bad_dtype(model_dir, model_and_tok):
     assert r.choices[0].message.content == reference(bf16, caregiver_chat(LINES[3]), 8)[0]
     with pytest.raises(SystemExit, match="--dtype must be one of auto, fp32, bf16; got 'fp16'"):
         serve.main(["--model", str(model_dir), "--dtype", "fp16"])
+    with pytest.raises(SystemExit, match="--max-queue must be at least 1 .* got 32, 0 and 2048"):
+        serve.main(["--model", str(model_dir), "--device", "cpu", "--max-queue", "0"])

@@ -8,7 +8,7 @@ from pathlib import Path
 from .ranking import ENTITY_TRACKING_SPLITS, accuracy_by_uid, encode_items, score_rows, wug_correlation
 from .reading import evaluate_reading, read_reading_csv
 from .shared_prefix import score_groups
-from .sources import DOWNLOADS, data_files
+from .sources import DOWNLOADS, OSF, data_files
 from .zero_shot import read_items
 
 TASKS = ("blimp", "supplement", "comps", "entity_tracking", "ewok", "wug_adj", "wug_past", "reading")
@@ -44,8 +44,7 @@ def evaluate(model, tokenizer, task: str, data: list, password: str = "", limit:
     context = model.cfg.max_position_embeddings
     if task == "reading":
         rows = [r for f in data_files(data, task, ".csv", password) for r in read_reading_csv(f)]
-        result, dump = evaluate_reading(model, tokenizer, rows[:limit] if limit else rows, max_tokens)
-        return result, dump
+        return evaluate_reading(model, tokenizer, rows[:limit] if limit else rows, max_tokens)
     items = first_per_uid(read_items(task, data_files(data, task, ".jsonl", password)), limit)
     groups = encode_items(tokenizer, items)
     scores = score_groups(model, groups, max_tokens, desc=task)
@@ -88,8 +87,7 @@ def locate_suite(root) -> tuple[dict[str, str], dict[str, str]]:
     """({task: data spec} for the tasks whose data is under `root`, {task: where the official copy is} for the rest)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} not found: --suite babylm takes an evaluation_data/full_eval or fast_eval "
-                                f"folder ({DOWNLOADS['blimp'].split(' in ', 1)[1]})")
+        raise FileNotFoundError(f"{root} not found: --suite babylm takes a full_eval or fast_eval folder of {OSF}")
     found = {t: locate(t, root) for t in TASKS}
     present = {t: spec for t, spec in found.items() if spec}
     if not present:

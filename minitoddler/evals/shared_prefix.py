@@ -23,7 +23,8 @@ from .minimal_pairs import ProgressLog, auto_max_tokens, score_continuations
 # call, padding in both and a copy of the cache per option. Measured on toddler-155m (2 threads): EWoK's pairs,
 # sharing 6-13 context tokens, took 13.0 CPU-s through the cache against 11.1 as whole sequences.
 MIN_SHARED = 32
-MAX_OPTIONS = 64  # options per cluster, so one cluster's option pass stays a batch of reasonable size
+MAX_OPTIONS = 32  # options per cluster: each holds a copy of the shared keys and values
+CACHE_ROWS = 4     # copied cache positions per batch, at most this many times max_tokens (memory)
 
 
 @contextlib.contextmanager
@@ -78,14 +79,17 @@ def clusters(groups: list[list[tuple[list[int], list[int]]]]) -> list[list[int]]
 
 
 def batches(lengths: list[tuple[int, int, int]], max_tokens: int) -> list[list[int]]:
-    """Group indices (sorted by (shared, tail) length) into batches whose padded prefix pass
-    (groups x shared) and option pass (options x tail) each stay within max_tokens."""
+    """Cluster indices, by (shared, tail) length, in batches whose padded prefix pass (clusters x shared) and
+    option pass (options x tail) each stay within max_tokens, and their copied caches (options x (shared +
+    tail)) within CACHE_ROWS x max_tokens; `lengths` holds (shared, longest tail, options) per cluster."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i][:2])
     out, current, n_opts, m_max, t_max = [], [], 0, 0, 0
     for i in order:
         m, t, k = lengths[i]
-        grown = (max(m_max, m) * (len(current) + 1), max(t_max, t) * (n_opts + k))
-        if current and max(grown) > max_tokens:
+        grown_m, grown_t, grown_k = max(m_max, m), max(t_max, t), n_opts + k
+        too_big = max(grown_m * (len(current) + 1), grown_t * grown_k) > max_tokens or \
+            grown_k * (grown_m + grown_t) > CACHE_ROWS * max_tokens
+        if current and too_big:
             out.append(current)
             current, n_opts, m_max, t_max = [], 0, 0, 0
         current.append(i)

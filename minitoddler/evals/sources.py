@@ -39,7 +39,11 @@ class DataFile:
         return Path(self.member).stem if self.member else self.path.stem
 
     def read_text(self) -> str:
-        return self._read(-1).decode("utf-8") if self.member else self.path.read_text(encoding="utf-8")
+        data = self._read(-1) if self.member else self.path.read_bytes()
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{self.name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
     def check(self) -> None:
         """Raise the error reading would raise for a zip without its password (reads one byte)."""
