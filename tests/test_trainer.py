@@ -112,6 +112,7 @@ try:
 except NonFiniteLoss as e:
     finite = str(e).split(";")[0]
 print(f"rank {{ddp.rank}}: ending {{ending}}, saved {{saved}}, {{finite}}", flush=True)
+torch.distributed.destroy_process_group()  # leaving gloo up at exit can abort the process
 '''
 
 
@@ -146,6 +147,7 @@ if sys.argv[1] == "save":
 else:
     load_checkpoint({ckpt!r}, model, opt)
 print(f"rank {{ddp.rank}}: {{torch.rand(3).tolist()}}", flush=True)
+torch.distributed.destroy_process_group()  # leaving gloo up at exit can abort the process
 '''
 
 
