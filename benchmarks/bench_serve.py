@@ -126,6 +126,46 @@ def long_and_short(port: int, cfg: BenchConfig) -> dict:
             "shorts_before_long": sum(s[0] + s[2] < long_end for s in shorts)}
 
 
+def bench_model(name: str, tok, cfg: BenchConfig, device, precision) -> list[dict]:
+    """Serve a randomly initialised `name` in-process and run every scenario against it."""
+    # the tokenizer's vocabulary (the bundled corpus trains ~2.7k entries, not 8192): a random model would
+    # otherwise pick ids without text two times in three, and a reply would show late
+    torch.manual_seed(0)
+    model = ToddlerLM(replace(preset(name), vocab_size=tok.get_vocab_size()))
+    model = model.to(device, precision.infer_dtype).eval()
+    print(f"{name}: {model.num_parameters() / 1e6:.1f}M parameters, vocabulary {model.cfg.vocab_size}", flush=True)
+    server = make_server(ServeConfig(port=0, name=name, max_batch=cfg.max_batch), model, tok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port, rows = server.server_address[1], []
+    try:
+        stream_once(port, LINES[0], 4)  # warm-up
+        scenarios = [lambda c=c: staggered(port, int(c), cfg) for c in cfg.clients]  # list flags come as text
+        if cfg.shorts:
+            scenarios.append(lambda: long_and_short(port, cfg))
+        for scenario in scenarios:
+            load = os.getloadavg()[0]
+            rows.append({"model": name, "dtype": precision.name, **scenario(), "load_before": load,
+                         "load_after": os.getloadavg()[0]})
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}),
+                  flush=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.engine.close()
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\n| model | dtype | scenario | time to first token (median, p90) | tokens/s per stream | tokens/s total "
+          "| load (1 min) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        extra = (f"; the long one ({r['long_tokens']} tokens) ends at {r['long_end_s']:.1f} s, "
+                 f"{r['shorts_before_long']}/{r['requests']} short ones before it") if "long_end_s" in r else ""
+        print(f"| {r['model']} | {r['dtype']} | {r['scenario']} | {r['ttft_s']:.2f} s, {r['ttft_p90_s']:.2f} s{extra} "
+              f"| {r['stream_tok_s']:.1f} | {r['total_tok_s']:.1f} | {r['load_before']:.1f}-{r['load_after']:.1f} |")
+
+
 def main(argv=None) -> None:
     cfg = parse_config(BenchConfig, __doc__, argv)
     if cfg.threads:
@@ -138,38 +178,10 @@ def main(argv=None) -> None:
           f"dtype {precision}", flush=True)
     texts = [u.text for p in sorted((REPO / "minitoddler" / "data" / "sample").glob("*.cha"))
              for u in read_chat(p).utterances]
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer(texts, Path(tmp), vocab_size=8192)  # the bundled corpus gives fewer entries
-        for name in cfg.models:
-            # the tokenizer's vocabulary (the bundled corpus trains ~2.7k entries, not 8192): a random model
-            # would otherwise pick ids without text two times in three, and a reply would show late
-            torch.manual_seed(0)
-            model = ToddlerLM(replace(preset(name), vocab_size=tok.get_vocab_size())).to(device, precision.infer_dtype).eval()
-            server = make_server(ServeConfig(port=0, name=name, max_batch=cfg.max_batch), model, tok)
-            threading.Thread(target=server.serve_forever, daemon=True).start()
-            print(f"{name}: {model.num_parameters() / 1e6:.1f}M parameters, vocabulary {model.cfg.vocab_size}", flush=True)
-            port = server.server_address[1]
-            try:
-                stream_once(port, LINES[0], 4)  # warm-up
-                runs = [lambda c=c: staggered(port, int(c), cfg) for c in cfg.clients]  # list flags come as text
-                for run in runs + [lambda: long_and_short(port, cfg)] * (cfg.shorts > 0):
-                    load = os.getloadavg()[0]
-                    row = {"model": name, "dtype": precision.name, **run(), "load_before": load,
-                           "load_after": os.getloadavg()[0]}
-                    rows.append(row)
-                    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-            finally:
-                server.shutdown()
-                server.server_close()
-                server.engine.close()
-    print("\n| model | dtype | scenario | time to first token (median, p90) | tokens/s per stream | tokens/s total | load (1 min) |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        extra = (f"; the long one ({r['long_tokens']} tokens) ends at {r['long_end_s']:.1f} s, "
-                 f"{r['shorts_before_long']}/{r['requests']} short ones before it") if "long_end_s" in r else ""
-        print(f"| {r['model']} | {r['dtype']} | {r['scenario']} | {r['ttft_s']:.2f} s, {r['ttft_p90_s']:.2f} s{extra} | "
-              f"{r['stream_tok_s']:.1f} | {r['total_tok_s']:.1f} | {r['load_before']:.1f}-{r['load_after']:.1f} |")
+        rows = [row for name in cfg.models for row in bench_model(name, tok, cfg, device, precision)]
+    print_table(rows)
 
 
 if __name__ == "__main__":
