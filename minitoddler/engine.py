@@ -162,12 +162,7 @@ class Engine:
                 joining = self.take()
             try:
                 if joining:
-                    self.admit(joining)
-                    with self.wake:  # who came during that prefill joins now, not a step (as long) later
-                        late = self.take()
-                    joining += late
-                    if late:
-                        self.admit(late)
+                    self.admit_taken(joining)
                 self.iterate()
             except Exception as e:  # a bug: answer everyone it may have touched, keep serving
                 traceback.print_exc()
@@ -204,6 +199,15 @@ class Engine:
             joining.append(self.waiting.popleft())
             free -= joining[-1].n
         return joining
+
+    def admit_taken(self, joining: list[Job]) -> None:
+        """Admit the jobs taken from the queue, then those that came during their prefill: they join now
+        rather than a step (as long as a prefill) later. `joining` gets them too, for run's error path."""
+        self.admit(joining)
+        with self.wake:
+            late = self.take()
+        joining += late
+        self.admit(late)
 
     def admit(self, jobs: list[Job]) -> None:
         """Prefill the prompts of the jobs without a seed together (a forward pass reads every weight,

@@ -4,7 +4,10 @@ seeded request gets its solo reply while other rows come and go; newcomers are p
 the end of what the prompt cache holds of them; cancelled and failed jobs are answered and leave nothing
 behind."""
 import dataclasses
+import gc
 import threading
+import time
+import weakref
 
 import pytest
 import torch
@@ -205,5 +208,29 @@ def test_newcomers_are_prefilled_together_from_what_the_prompt_cache_holds(model
         assert [texts(j)[0] for j in together[:2]] == [alone(model, engine, j) for j in together[:2]]
         assert texts(together[2])[0] == alone(model, engine, together[2])  # a seeded prompt is prefilled whole
         assert cached() == 20 + 20 and groups == [1, 1, 1, 2, 1]
+    finally:
+        engine.close()
+
+
+def test_a_request_arriving_during_a_prefill_joins_before_the_step_and_an_idle_engine_holds_no_job(model_and_tok):
+    model, tok = model_and_tok
+    gate = Gate(model)
+    engine = Engine(gate, tok, "chatml", max_batch=4)
+    try:
+        first, late = job(prompts(12)[0], 5), job(prompts(8)[0], 5)
+        engine.submit(first)
+        gate.advance(0)  # the engine waits at first's prefill
+        engine.submit(late)
+        gate.advance(2)  # first's prefill, then late's: both have their first token before a step
+        assert sorted((len(r.job.prompt), r.produced) for r in engine.rows) == [(8, 1), (12, 1)]
+        gate.release()
+        assert texts(first)[0] == alone(model, engine, first) and texts(late)[0] == alone(model, engine, late)
+        refs = [weakref.ref(first), weakref.ref(late)]
+        del first, late
+        deadline = time.monotonic() + 60
+        while any(r() is not None for r in refs):  # until the engine is through with its last step
+            assert time.monotonic() < deadline, "the idle engine still holds a job"
+            time.sleep(0.01)
+            gc.collect()
     finally:
         engine.close()

@@ -172,7 +172,8 @@ def test_eight_concurrent_clients_five_requests_each(server, model_and_tok):
     assert not errors and len(results) == 40
     assert all(text == want[line] for line, text in results)
     after = metrics(server)
-    steps, tokens = (after[k] - before[k] for k in ("minitoddler_decode_steps_total", "minitoddler_generated_tokens_total"))
+    steps, tokens = (after[f"minitoddler_{k}_total"] - before[f"minitoddler_{k}_total"]
+                     for k in ("decode_steps", "generated_tokens"))
     assert tokens - 40 > 2 * steps  # rows shared steps (alone: the prefill's token, then one per step)
 
 
@@ -340,7 +341,8 @@ def test_short_request_joins_a_running_long_one(model_dir, model_and_tok):
         kw = dict(model=s.name, messages=[{"role": "user", "content": line}], max_tokens=max_tokens, temperature=0)
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{s.server_address[1]}/v1", api_key="-", max_retries=0, timeout=60)
         if stream:
-            got[name] = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(stream=True, **kw))
+            chunks = c.chat.completions.create(stream=True, **kw)
+            got[name] = "".join(ch.choices[0].delta.content or "" for ch in chunks)
         else:
             got[name] = c.chat.completions.create(**kw).choices[0].message.content
 
@@ -380,7 +382,8 @@ def test_full_queue_answers_429_and_serving_goes_on(model_dir, model_and_tok):
         status, headers, data = request(s, "POST", "/v1/chat/completions", chat_body("no", 2))
         error = json.loads(data)["error"]
         assert status == 429 and int(headers["Retry-After"]) >= 1
-        assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded") and "--max-queue" in error["message"]
+        assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+        assert "--max-queue" in error["message"]
         with pytest.raises(openai.RateLimitError, match="busy"):
             client(s).chat.completions.create(model=s.name, messages=[{"role": "user", "content": "hi"}])
         assert metrics(s)['minitoddler_requests_total{outcome="rejected"}'] == 2
