@@ -126,6 +126,12 @@ class Curriculum:
         """The first step of each stage, and the total."""
         return [sum(p.steps for p in self.plans[:i]) for i in range(len(self.plans) + 1)]
 
+    def at(self, step: int) -> tuple[int, StagePlan, int]:
+        """The stage of the run's `step` (its index and plan) and the step within that stage."""
+        boundaries = self.boundaries
+        si = max(i for i in range(len(self.plans)) if boundaries[i] <= step)
+        return si, self.plans[si], step - boundaries[si]
+
     def summary(self) -> list[dict]:
         return [dict(asdict(p.stage), pairs=len(p.examples), steps=p.steps) for p in self.plans]
 
@@ -241,10 +247,9 @@ def main(cfg: SFTConfig) -> Path:
     optimizer = make_optimizer(model, cur.plans[0].stage.lr, cfg.weight_decay, device=device)
     ckpt_dir = out / "checkpoint"
     start = resume_checkpoint(ckpt_dir, model, optimizer, setup, ddp.is_main)["step"] if cfg.resume else 0
-    sample_prompts = cur.sample_prompts
     with precision.autocast():
-        before = generate_replies(model, tokenizer, sample_prompts, "chatml", cfg.system_prompt) \
-            if sample_prompts and not start and ddp.is_main else []
+        before = generate_replies(model, tokenizer, cur.sample_prompts, "chatml", cfg.system_prompt) \
+            if cur.sample_prompts and not start and ddp.is_main else []
     train_model = wrap_for_training(model, ddp, device, cfg.compile, dynamic=True)
     log = MetricsLog(out, enabled=ddp.is_main, report_to=cfg.report_to, config=asdict(cfg))
     print0(describe_run("sft", cfg.model, model, lora, f"pairs {cur.source}: {cur.n_train} train, {cur.n_val} val",
@@ -264,13 +269,11 @@ def main(cfg: SFTConfig) -> Path:
 
     log.write(step=start, dtype=precision.name, dtype_reason=precision.reason)
     progress, stop = Progress(cur.steps, start, ddp.is_main), StopFlag()
-    boundaries = cur.boundaries
     val_loss = validate(0, None) if not start and cur.steps else float("nan")  # a baseline for the first number
     with stop_on_nonfinite(ckpt_dir):
         for step in range(start, cur.steps):
             t0 = time.time()
-            si = max(i for i in range(len(cur.plans)) if boundaries[i] <= step)
-            plan, in_stage = cur.plans[si], step - boundaries[si]
+            si, plan, in_stage = cur.at(step)
             lr = lr_at(in_stage, plan.steps, plan.stage.lr, min(cfg.warmup_steps, plan.steps // 10),
                        "cosine", cfg.min_lr_ratio)
             set_lr(optimizer, lr)
@@ -285,7 +288,7 @@ def main(cfg: SFTConfig) -> Path:
                           time=progress.elapsed)
                 progress.log(done, stage=si + 1, loss=loss, lr=lr,
                              **{"tok/s": f"{sum(len(e.ids) for e in batch) / (time.time() - t0):,.0f}"})
-            if due(done, cfg.eval_every, cur.steps) or done in boundaries:  # and at the end of each stage
+            if due(done, cfg.eval_every, cur.steps) or done in cur.boundaries:  # and at the end of each stage
                 val_loss = validate(done, si + 1)
             if save_or_stop(done, cur.steps, cfg.save_every, stop, save, progress, ddp.is_main, out):
                 return ckpt_dir
@@ -293,8 +296,8 @@ def main(cfg: SFTConfig) -> Path:
     if ddp.is_main:
         export_final(model, lora, out, tokenizer_dir)
         with precision.autocast():
-            after = generate_replies(model, tokenizer, sample_prompts, "chatml", cfg.system_prompt)
-        for i, (prompt, reply) in enumerate(zip(sample_prompts, after)):
+            after = generate_replies(model, tokenizer, cur.sample_prompts, "chatml", cfg.system_prompt)
+        for i, (prompt, reply) in enumerate(zip(cur.sample_prompts, after)):
             was = f"   (before: {before[i]!r})" if before else ""
             print(f"  caregiver: {prompt!r}\n  child:     {reply!r}{was}")
         print(f"done: {cur.steps - start} steps in {progress.elapsed:.0f}s ({precision.name}) | final val loss "

@@ -107,18 +107,23 @@ def read_zorro(path: str | Path, order: str = "bad-first") -> list[Pair]:
     return pairs
 
 
+def jsonl_items(text: str, name: str):
+    """(line, object) for each non-empty line of JSON-lines `text`; an error names `name`:line."""
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{name}:{line_no}: not valid JSON ({e.msg})") from None
+
+
 def json_items(path: Path):
     """(line, object) for each item of a JSON list, or of a JSONL file, so errors can name the line."""
     text = path.read_text(encoding="utf-8")
     decoder = json.JSONDecoder()
     start = len(text) - len(text.lstrip())
     if not text[start:start + 1] == "[":  # JSON lines
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    yield line_no, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+        yield from jsonl_items(text, str(path))
         return
     pos, n = start + 1, len(text)
     line, counted = 1, 0  # line number of text[counted], advanced incrementally (text can be large)

@@ -12,8 +12,7 @@ A file of another task, a missing field or an empty file is a one-line error nam
 """
 from __future__ import annotations
 
-import json
-
+from .minimal_pairs import jsonl_items
 from .ranking import Item
 from .sources import DataFile
 
@@ -36,13 +35,7 @@ def _lines(file: DataFile, task: str):
     """(line number, object) of a JSONL file with every field `task` needs."""
     need = FIELDS[_family(task)]
     count = 0
-    for line_no, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{file.name}:{line_no}: not valid JSON ({e.msg})") from None
+    for line_no, item in jsonl_items(file.read_text(), file.name):
         if not isinstance(item, dict):
             raise ValueError(f"{file.name}:{line_no}: expected a JSON object, got {type(item).__name__}")
         lacking = [k for k in need if k not in item]
