@@ -229,7 +229,7 @@ def test_compile_is_on_by_default_on_cuda_and_traces_the_step_with_its_loss():
 
 
 def test_profile_writes_a_trace_and_report_to_mirrors_the_metrics(shards, tmp_path, monkeypatch):
-    """--profile 2 leaves a Chrome trace of step 2; --report-to tensorboard sends every numeric metric of
+    """--profile 3 leaves a Chrome trace of step 3; --report-to tensorboard sends every numeric metric of
     metrics.jsonl to a SummaryWriter (a stand-in here: the package is optional); a missing tracker package
     is a one-line error saying what to install."""
     import sys
@@ -247,10 +247,10 @@ def test_profile_writes_a_trace_and_report_to_mirrors_the_metrics(shards, tmp_pa
             pass
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
-    cfg = small_run(shards, tmp_path / "traced", steps=3, profile=2, report_to="tensorboard")
-    train_pretrain.main(cfg)
-    trace = json.loads((tmp_path / "traced" / "trace_step2.json").read_text())
-    assert trace["traceEvents"] and not (tmp_path / "traced" / "trace_step1.json").exists()
+    cfg = small_run(shards, tmp_path / "traced", steps=3, profile=3, report_to="tensorboard")
+    train_pretrain.main(cfg)  # steps count from 1: the last of three is step 3
+    trace = json.loads((tmp_path / "traced" / "trace_step3.json").read_text())
+    assert trace["traceEvents"] and [p.name for p in (tmp_path / "traced").glob("trace_*")] == ["trace_step3.json"]
     losses = [(r["step"], r["loss"]) for r in metrics(tmp_path / "traced") if "loss" in r]
     assert [(s, v) for name, v, s in scalars if name == "loss"] == losses and len(losses) == 3
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
