@@ -147,3 +147,13 @@ def test_reward_and_similarity_models(tmp_path):
     e = rm.embed(replies), rm.embed(golds)
     assert got["similarity_to_gold"] == pytest.approx((e[0] * e[1]).sum(-1).mean().item(), abs=1e-6)
     assert model_scores(prompts, replies, golds) == {}
+
+
+def test_a_reply_is_decoded_whole_in_chat_and_one_line_where_scored(tokenizer):
+    """ChatML keeps a reply's later lines (chat, serve); the metrics and rewards score its first line only,
+    as the dialogue format always does (a reply ends at the line break there)."""
+    from minitoddler.formats import decode_reply
+    ids = tokenizer.encode("i want it .\nmore juice", add_special_tokens=False).ids + [tokenizer.token_to_id("<|im_end|>")]
+    assert decode_reply(tokenizer, ids, "chatml") == "i want it .\nmore juice"
+    assert decode_reply(tokenizer, ids, "chatml", one_line=True) == "i want it ."
+    assert decode_reply(tokenizer, ids, "dialogue") == "i want it ."
