@@ -111,7 +111,8 @@ try:
     finite = "finite"
 except NonFiniteLoss as e:
     finite = str(e).split(";")[0]
-print(f"rank {{ddp.rank}}: ending {{ending}}, saved {{saved}}, {{finite}}", flush=True)
+# one file per rank: two processes printing to one pipe can interleave their lines
+open(f"{out}/rank{{ddp.rank}}", "w").write(f"rank {{ddp.rank}}: ending {{ending}}, saved {{saved}}, {{finite}}")
 torch.distributed.destroy_process_group()  # leaving gloo up at exit can abort the process
 '''
 
@@ -120,12 +121,12 @@ def test_a_stop_or_a_nan_in_one_process_reaches_every_process(tmp_path):
     """Two gloo processes: SIGTERM in one makes both save and end at the same step; a NaN loss in one makes
     both stop (one process leaving alone would leave the other waiting in an all-reduce until a timeout)."""
     script = tmp_path / "ddp_stop.py"
-    script.write_text(DDP_SCRIPT.format(repo=str(REPO)))
+    script.write_text(DDP_SCRIPT.format(repo=str(REPO), out=str(tmp_path)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                            "--standalone", str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = sorted(ln for ln in done.stdout.splitlines() if ln.startswith("rank"))
+    lines = [(tmp_path / f"rank{rank}").read_text() for rank in (0, 1)]
     assert lines == ["rank 0: ending True, saved [3], loss is nan at step 3",
                      "rank 1: ending True, saved [3], loss is NaN/inf in another process at step 3"]
 
@@ -146,7 +147,8 @@ if sys.argv[1] == "save":
     save_checkpoint({ckpt!r}, model, opt, 1, {{}})
 else:
     load_checkpoint({ckpt!r}, model, opt)
-print(f"rank {{ddp.rank}}: {{torch.rand(3).tolist()}}", flush=True)
+# one file per rank: two processes printing to one pipe can interleave their lines
+open(f"{out}/{{sys.argv[1]}}{{ddp.rank}}", "w").write(f"rank {{ddp.rank}}: {{torch.rand(3).tolist()}}")
 torch.distributed.destroy_process_group()  # leaving gloo up at exit can abort the process
 '''
 
@@ -155,14 +157,14 @@ def test_each_process_resumes_its_own_random_state(tmp_path):
     """Under torchrun every process' generators are saved, and each process gets its own back (they used
     to be rank 0's for everyone)."""
     script = tmp_path / "ddp_rng.py"
-    script.write_text(RNG_SCRIPT.format(repo=str(REPO), ckpt=str(tmp_path / "ck")))
+    script.write_text(RNG_SCRIPT.format(repo=str(REPO), ckpt=str(tmp_path / "ck"), out=str(tmp_path)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def run(phase):
         done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                                str(script), phase], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
-        return sorted(ln for ln in done.stdout.splitlines() if ln.startswith("rank"))
+        return [(tmp_path / f"{phase}{rank}").read_text() for rank in (0, 1)]
 
     saved, resumed = run("save"), run("load")
     assert resumed == saved and saved[0].split(":")[1] != saved[1].split(":")[1]
