@@ -79,7 +79,7 @@ class DPOConfig:
     lora_alpha: float = 0.0       # 0 = 2 x rank
     lora_dropout: float = 0.0
     lora_targets: str = "q,k,v,o,gate,up,down"
-    chunk_size: int = 64          # positions per lm_head chunk in the log-prob passes
+    chunk_size: int = 1024        # reply tokens per lm_head chunk in the log-prob passes
     device: str = "auto"
     dtype: str = "auto"           # auto | fp32 | bf16 (autocast; auto = bf16 where GPU or CPU computes it natively)
     seed: int = 1337

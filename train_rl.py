@@ -29,14 +29,15 @@ import torch.distributed as dist
 import train_dpo
 from minitoddler.checkpoint import load_model
 from minitoddler.cli import config_from_args, config_parser, parse_config, run
-from minitoddler.distributed import unwrap, wrap_for_training
+from minitoddler.distributed import wrap_for_training
 from minitoddler.formats import check_format
-from minitoddler.logprobs import logprobs_from_hidden, masked_mean
+from minitoddler.logprobs import masked_mean
 from minitoddler.lora import LoraConfig, lora_disabled
 from minitoddler.model import ToddlerLM
 from minitoddler.precision import Precision, resolve_dtype
 from minitoddler.rewards.combine import CombinedReward, add_reward_flags, build_reward, options_from_args
 from minitoddler.rl.grpo import group_advantages, grpo_loss
+from minitoddler.rl.packing import Packed, pack, packed_logprobs
 from minitoddler.rl.ppo import AdaptiveKL, ValueHead, gae, ppo_loss, token_rewards
 from minitoddler.rl.prompts import load_prompts, prompt_batch, prompt_file
 from minitoddler.rl.rollout import Rollout, SamplingConfig, copy_policy_weights, sample_rollout
@@ -79,7 +80,7 @@ class RLConfig:
     lora_targets: str = "q,k,v,o,gate,up,down"
     device_batch_size: int = 16    # rows per forward/backward pass
     rollout_batch: int = 0         # rows per generate call (caps the KV cache); 0 = the whole rollout in one call
-    chunk_size: int = 64           # positions per lm_head chunk in the log-prob passes
+    chunk_size: int = 1024         # completion tokens per lm_head chunk in the log-prob passes
     clip_eps: float = 0.2          # policy ratio clip (both algorithms)
     # GRPO
     beta: float = 0.04             # k3 KL coefficient
@@ -158,55 +159,59 @@ class Learner:
 
 @dataclass
 class Scored:
-    """One step's rollout with its rewards and everything the updates read, on the device. Positions
-    start at `first` (the shortest prompt's length - 1): before it no row holds a completion token."""
+    """One step's rollout with its rewards and everything the updates read, on the device, in the (B, L)
+    completion layout of rl/packing.py: row b is completion b, column j its j-th token."""
     rollout: Rollout
     components: dict[str, torch.Tensor]
     scores: torch.Tensor           # (B,) total reward per completion
-    ids: torch.Tensor              # (B, T) prompt + completion, right-padded
-    mask: torch.Tensor             # (B, T-1-first) completion tokens
-    first: int
-    old_lp: torch.Tensor | None    # (B, T-1-first) sampling-policy log-probs (None: GRPO with mu = 1)
-    entropy: torch.Tensor | None
-    old_values: torch.Tensor | None
-    ref_lp: torch.Tensor
+    mask: torch.Tensor             # (B, L) 1 on completion tokens
+    pad_id: int
     generation_time: float
+    old_lp: torch.Tensor | None = None      # (B, L) sampling-policy log-probs (None: GRPO with mu = 1)
+    entropy: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+    ref_lp: torch.Tensor | None = None
+
+    def pack(self, rows) -> Packed:
+        """The completions `rows` with their prompts, each prompt once (rl/packing.py), on the device."""
+        r = self.rollout
+        return pack([r.prompt_ids[i] for i in rows], [r.completion_ids[i] for i in rows], self.mask.shape[1],
+                    self.pad_id).to(self.mask.device)
 
 
-def forward_passes(model, head, ids, rows, chunk_size, first=0, entropy=True):
-    """Log-probs, entropies (B', T-1-first) and, with a value head, values of `ids[rows]` in one forward pass."""
-    hidden = model(ids[rows], hidden_only=True)
-    lp, ent = logprobs_from_hidden(unwrap(model).lm_head, hidden, ids[rows], chunk_size, first, entropy)
-    values = head(hidden[:, first:-1]) if head is not None else None
-    return lp, ent, values
+def micro_batches(n_rows: int, size: int) -> list[range]:
+    """Consecutive rows `size` at a time (a group's completions stay together when size is a multiple of G)."""
+    return [range(s, min(s + size, n_rows)) for s in range(0, n_rows, size)]
 
 
 @torch.no_grad()
-def score_rollout(learner: Learner, ids, cfg: RLConfig, first: int, old: bool = True):
-    """Old (sampling-policy) log-probs, entropies, values and reference log-probs of a rollout, in batches.
-    old=False (GRPO with mu = 1: the old log-probs are the update's own, detached) returns only the reference's."""
+def score_rollout(learner: Learner, batch: Scored, cfg: RLConfig, old: bool = True) -> None:
+    """Fill in the old (sampling-policy) log-probs, entropies, values and the reference log-probs of a
+    rollout, in micro-batches. old=False (GRPO with mu = 1: the old log-probs are the update's own,
+    detached) computes only the reference's."""
     policy, head, reference = learner.policy, learner.head, learner.reference
     was = policy.training
     for m in (policy, head):
         if m is not None:
             m.eval()
     lps, ent, val, ref = [], [], [], []
-    for s in range(0, ids.shape[0], cfg.device_batch_size):
-        rows = slice(s, s + cfg.device_batch_size)
+    for rows in micro_batches(batch.mask.shape[0], cfg.device_batch_size):
+        packed = batch.pack(rows)
         with learner.precision.autocast():
             if old:
-                lp, e, v = forward_passes(policy, head, ids, rows, cfg.chunk_size, first)
+                lp, e, v = packed_logprobs(policy, packed, cfg.chunk_size, head=head)
                 lps.append(lp)
                 ent.append(e)
                 val.append(v)
             with (lora_disabled(policy) if reference is None else contextlib.nullcontext()):
-                ref.append(forward_passes(reference or policy, None, ids, rows, cfg.chunk_size, first, False)[0])
+                ref.append(packed_logprobs(reference or policy, packed, cfg.chunk_size, entropy=False)[0])
     for m in (policy, head):
         if m is not None:
             m.train(was)
-    if not old:
-        return None, None, None, torch.cat(ref)
-    return torch.cat(lps), torch.cat(ent), (torch.cat(val) if head is not None else None), torch.cat(ref)
+    batch.ref_lp = torch.cat(ref)
+    if old:
+        batch.old_lp, batch.entropy = torch.cat(lps), torch.cat(ent)
+        batch.old_values = torch.cat(val) if head is not None else None
 
 
 def rollout_and_score(learner: Learner, tokenizer, reward: CombinedReward, prompts: list[str],
@@ -217,28 +222,25 @@ def rollout_and_score(learner: Learner, tokenizer, reward: CombinedReward, promp
     rollout = sample_rollout(learner.rollout_model(), tokenizer, prompts, sampling, seed)
     generation_time = time.time() - t0
     components = reward.components(rollout.prompts, rollout.replies)
-    ids, mask = rollout.tensors(pad_id)
-    first = min(map(len, rollout.prompt_ids)) - 1
-    ids, mask = ids.to(learner.device), mask[:, first:].to(learner.device)
-    reuse_old = cfg.algo == "grpo" and cfg.mu == 1
-    old_lp, entropy, old_values, ref_lp = score_rollout(learner, ids, cfg, first, old=not reuse_old)
-    return Scored(rollout, components, reward.total(components), ids, mask, first, old_lp, entropy, old_values,
-                  ref_lp, generation_time)
+    batch = Scored(rollout, components, reward.total(components), rollout.completion_mask().to(learner.device),
+                   pad_id, generation_time)
+    score_rollout(learner, batch, cfg, old=not (cfg.algo == "grpo" and cfg.mu == 1))
+    return batch
 
 
-def grpo_micro_step(learner: Learner, batch: Scored, advantages: torch.Tensor, rows: slice, cfg: RLConfig
+def grpo_micro_step(learner: Learner, batch: Scored, advantages: torch.Tensor, rows: range, cfg: RLConfig
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Forward, GRPO loss and backward of the rows `rows`, the loss weighted by their share of the step.
     Returns the weighted loss and the kl/clip_frac summed over the rows' tokens (detached) and the
     entropies; nothing is read back to the host, so the device never waits for Python here."""
-    mask = batch.mask[rows]
+    sl = slice(rows.start, rows.stop)
+    mask = batch.mask[sl]
     with learner.precision.autocast():
-        lp, ent, _ = forward_passes(learner.train_model, None, batch.ids, rows, cfg.chunk_size, batch.first)
-    old = lp.detach() if batch.old_lp is None else batch.old_lp[rows]
-    loss, st = grpo_loss(lp, old, batch.ref_lp[rows], advantages[rows], mask, cfg.clip_eps, cfg.beta,
+        lp, ent, _ = packed_logprobs(learner.train_model, batch.pack(rows), cfg.chunk_size)
+    old = lp.detach() if batch.old_lp is None else batch.old_lp[sl]
+    loss, st = grpo_loss(lp, old, batch.ref_lp[sl], advantages[sl], mask, cfg.clip_eps, cfg.beta,
                          cfg.loss_norm, cfg.max_new_tokens)
-    n_rows = batch.ids.shape[0]
-    weight = mask.sum() / batch.mask.sum() if cfg.loss_norm == "token" else lp.shape[0] / n_rows
+    weight = mask.sum() / batch.mask.sum() if cfg.loss_norm == "token" else len(rows) / batch.mask.shape[0]
     (loss * weight).backward()
     tokens = mask.sum()
     return (loss * weight).detach(), {k: v * tokens for k, v in st.items()}, ent
@@ -250,13 +252,13 @@ def grpo_update(learner: Learner, batch: Scored, cfg: RLConfig, ddp, step: int) 
     stats = {}
     advantages, stats["zero_std_frac"] = group_advantages(batch.scores, cfg.generations, cfg.advantage_scale)
     advantages = advantages.to(learner.device)
-    micro = list(range(0, batch.ids.shape[0], cfg.device_batch_size))
+    micro = micro_batches(batch.mask.shape[0], cfg.device_batch_size)
     for _ in range(cfg.mu):
         loss, sums, entropies = 0.0, {"kl": 0.0, "clip_frac": 0.0}, []
-        for j, s in enumerate(micro):
+        for j, rows in enumerate(micro):
             sync = j == len(micro) - 1 or ddp.world_size == 1
             with contextlib.nullcontext() if sync else learner.train_model.no_sync():
-                part, st, ent = grpo_micro_step(learner, batch, advantages, slice(s, s + cfg.device_batch_size), cfg)
+                part, st, ent = grpo_micro_step(learner, batch, advantages, rows, cfg)
             loss, entropies = loss + part, entropies + [ent]
             sums = {k: sums[k] + st[k] for k in sums}
         check_finite(loss, step)
@@ -278,14 +280,15 @@ def ppo_update(learner: Learner, batch: Scored, cfg: RLConfig, kl_ctl: AdaptiveK
     seq_kl = ((batch.old_lp - batch.ref_lp) * batch.mask).sum(1).mean()
     if dist.is_initialized():  # one KL coefficient for every process
         dist.all_reduce(seq_kl, op=dist.ReduceOp.AVG)
-    sums, count, n_rows = {}, 0, batch.ids.shape[0]
+    sums, count, n_rows = {}, 0, batch.mask.shape[0]
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n_rows)
         for s in range(0, n_rows, cfg.mini_batch_size):
-            r = order[s:s + cfg.mini_batch_size].to(learner.device)
+            rows = order[s:s + cfg.mini_batch_size]
+            r = rows.to(learner.device)
             with learner.precision.autocast():
-                lp, _, values = forward_passes(learner.train_model, learner.head, batch.ids, r, cfg.chunk_size,
-                                               batch.first, False)
+                lp, _, values = packed_logprobs(learner.train_model, batch.pack(rows.tolist()), cfg.chunk_size,
+                                                entropy=False, head=learner.head)
             loss, st = ppo_loss(lp, batch.old_lp[r], values, batch.old_values[r], advantages[r], returns[r],
                                 batch.mask[r], cfg.clip_eps, cfg.clip_value, cfg.vf_coef, cfg.ratio_threshold)
             loss.backward()

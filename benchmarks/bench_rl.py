@@ -3,6 +3,13 @@ in one run).
 
     python benchmarks/bench_rl.py --model tiny --steps 5 --rounds 3 --out runs/bench_rl_tiny.json
     nice -n 10 python benchmarks/bench_rl.py --model toddler-155m --steps 3 --rounds 2 --out runs/bench_rl_155m.json
+    python benchmarks/bench_rl.py --model toddler-155m --shape toddler-llm-grpo --steps 2 --rounds 1
+
+`--shape toddler-llm-grpo` is the Toddler-LLM-GRPO card's step: 25 prompts x 8 completions, up to 96 new
+tokens, with replies that stop early, as a toddler's do: a random-weight model is given a stop token whose
+probability is 1/--reply-tokens at every position (`end_replies_early`), so replies average about that
+many tokens on both sides. Both sides also report the tokens they actually run through the model per step
+(every forward call's input, sampling and the training passes apart).
 
 Both trainers get the same random-weight model directory (a preset, or --model DIR of a chat model)
 with a BPE trained on the bundled corpus's pairs, the same caregiver prompts (the ones our run draws,
@@ -43,14 +50,17 @@ import train_rl  # noqa: E402
 from minitoddler.chatml import add_chat_tokens  # noqa: E402
 from minitoddler.checkpoint import model_from_arg, save_model  # noqa: E402
 from minitoddler.data.prepare import SAMPLE_DIR  # noqa: E402
+from minitoddler.formats import prompt_ids  # noqa: E402
 from minitoddler.rewards.combine import CombinedReward  # noqa: E402
 from minitoddler.rewards.length import LengthModel, child_utterances, word_count  # noqa: E402
 from minitoddler.rl.prompts import load_prompts, prompt_batch, prompt_file  # noqa: E402
 from minitoddler.startup import bundled_data  # noqa: E402
-from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, train_tokenizer  # noqa: E402
+from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, IM_END, load_tokenizer, train_tokenizer  # noqa: E402
 from minitoddler.trainer import MetricsLog  # noqa: E402
 
 SIDES = ("ours_fp32", "ours_auto", "trl")
+SHAPES = {"default": dict(prompts=4, generations=8, max_new_tokens=32, reply_tokens=0),
+          "toddler-llm-grpo": dict(prompts=25, generations=8, max_new_tokens=96, reply_tokens=12)}
 
 
 def cpu_info() -> dict:
@@ -83,29 +93,93 @@ def timing(obj, name: str, times: list, clock=time.perf_counter):
             delattr(obj, name)  # the instance attribute that shadowed a method
 
 
-def setup(work: Path, model: str, n_prompts: int, steps: int, seed: int) -> dict:
+@torch.no_grad()
+def end_replies_early(model, stop_id: int, reply_tokens: float, probe: torch.Tensor) -> float:
+    """Make a random-weight model stop with probability ~1/reply_tokens at every position, so that its
+    replies end after about `reply_tokens` tokens, as a toddler's do. Coordinate 0 of every (tied) embedding
+    is set to 1, which makes coordinate 0 of the last hidden state nearly the same everywhere; the stop
+    token's embedding is moved onto that coordinate with the length that gives it that probability on the
+    `probe` sequences (solved by bisection, twice, since the stop token's input embedding changes too).
+    Returns the mean stop probability reached."""
+    E = model.embed_tokens.weight
+    E[:, 0] = 1.0
+    target = 1.0 / reply_tokens
+    for _ in range(2):
+        h = model(probe, hidden_only=True).reshape(-1, E.shape[1]).float()
+        logits = h @ E.float().T
+        logits[:, stop_id] = float("-inf")
+        rest, h0 = logits.logsumexp(-1), h[:, 0]
+        lo, hi = -1e3, 1e3
+        for _ in range(60):
+            length = (lo + hi) / 2
+            p = torch.sigmoid(h0 * length - rest).mean()
+            lo, hi = (length, hi) if p < target else (lo, length)
+        E[stop_id] = 0.0
+        E[stop_id, 0] = length
+    return float(p)
+
+
+def setup(work: Path, args) -> dict:
     """Model directory (random weights, BPE from the bundled pairs, ChatML template), pairs directory,
     length fit, and the caregiver lines our run will draw in its first `steps` steps."""
     pairs = bundled_data(work / "data", "pairs")
     rows = [json.loads(x) for x in (pairs / "train.jsonl").read_text().splitlines() if x.strip()]
-    model_dir = Path(model)
+    prompts = load_prompts(prompt_file(pairs), args.seed)
+    used = [p for s in range(args.steps) for p in prompt_batch(prompts, s, args.prompts, args.seed)]
+    model_dir, stop_p = Path(args.model), None
     if not model_dir.is_dir():
         train_tokenizer([t for r in rows for t in (r["prompt"], r["response"])], work / "tok0")
-        torch.manual_seed(seed)
-        policy = model_from_arg(model)
+        torch.manual_seed(args.seed)
+        policy = model_from_arg(args.model)
         add_chat_tokens(policy, work / "tok0", work / "tok", DEFAULT_SYSTEM_PROMPT)  # the chat_template TRL needs
+        if args.reply_tokens:
+            tok = load_tokenizer(work / "tok")
+            probe = [prompt_ids(tok, p, "chatml") + torch.randint(3, tok.get_vocab_size(), (24,)).tolist()
+                     for p in used[:8]]
+            width = min(map(len, probe))
+            stop_p = end_replies_early(policy, tok.token_to_id(IM_END), args.reply_tokens,
+                                       torch.tensor([x[:width] for x in probe]))
         model_dir = save_model(policy, work / "model", tokenizer=work / "tok")
     fit = LengthModel.fit([word_count(t) for _, _, t in child_utterances([SAMPLE_DIR])]).save(work / "length.json")
-    prompts = load_prompts(prompt_file(pairs), seed)
-    used = [p for s in range(steps) for p in prompt_batch(prompts, s, n_prompts, seed)]
-    return {"model": model_dir, "pairs": pairs, "length_fit": fit, "prompts": used}
+    return {"model": model_dir, "pairs": pairs, "length_fit": fit, "prompts": used, "stop_probability": stop_p}
+
+
+@contextmanager
+def forward_tokens(sampler, sampler_name: str, counts: dict):
+    """Add the input tokens of every language-model forward pass (counted where the token embedding runs)
+    to counts["sampling"] while `sampler.sampler_name` runs and to counts["training"] otherwise: the work
+    each side actually does, padding included."""
+    embed, generating = torch.nn.Embedding.forward, [False]
+
+    def counted(self, ids):
+        counts["sampling" if generating[0] else "training"] += ids.numel()
+        return embed(self, ids)
+
+    def sampling(*a, **kw):
+        generating[0] = True
+        try:
+            return fn(*a, **kw)
+        finally:
+            generating[0] = False
+
+    fn, own = getattr(sampler, sampler_name), sampler_name in vars(sampler)
+    torch.nn.Embedding.forward = counted
+    setattr(sampler, sampler_name, sampling)
+    try:
+        yield
+    finally:
+        torch.nn.Embedding.forward = embed
+        if own:
+            setattr(sampler, sampler_name, fn)
+        else:
+            delattr(sampler, sampler_name)
 
 
 def seconds(calls) -> list[float]:
     return [end - start for start, end in calls]
 
 
-def summarise(step_s, gen_s, score_s, tokens, cpu_s) -> dict:
+def summarise(step_s, gen_s, score_s, tokens, cpu_s, computed: dict) -> dict:
     """Medians over the steps after the first (warm-up) one. cpu_s: the process's CPU seconds per step
     (all threads), which the load on a shared machine inflates far less than wall time at one thread."""
     def med(xs):
@@ -113,7 +187,8 @@ def summarise(step_s, gen_s, score_s, tokens, cpu_s) -> dict:
     step, gen, score = med(step_s), med(gen_s), med(score_s)
     return {"step_s": step, "sampling_s": gen, "logprobs_reward_s": score, "update_s": step - gen - score,
             "rollout_tokens_per_s": med([n / g for n, g in zip(tokens, gen_s)]), "cpu_s": med(cpu_s),
-            "completion_tokens": med(tokens), "step_times": step_s}
+            "completion_tokens": med(tokens), "step_times": step_s,
+            **{f"{k}_tokens_per_step": v / len(step_s) for k, v in computed.items()}}
 
 
 def ours(env: dict, work: Path, args, dtype: str) -> dict:
@@ -123,16 +198,17 @@ def ours(env: dict, work: Path, args, dtype: str) -> dict:
                             max_new_tokens=args.max_new_tokens, lr=1e-5, lora_rank=0, beta=0.04,
                             device_batch_size=args.prompts * args.generations, eval_prompts=0, save_every=0,
                             sample_every=0, dtype=dtype, device="cpu", seed=args.seed)
-    score_t, reward_t, starts, ends = [], [], [], []
+    score_t, reward_t, starts, ends, computed = [], [], [], [], {"sampling": 0, "training": 0}
     with timing(train_rl, "score_rollout", score_t), timing(CombinedReward, "components", reward_t), \
-            timing(train_rl, "lr_for", starts, time.process_time), timing(MetricsLog, "write", ends, time.process_time):
+            timing(train_rl, "lr_for", starts, time.process_time), timing(MetricsLog, "write", ends, time.process_time), \
+            forward_tokens(train_rl, "sample_rollout", computed):
         train_rl.main(cfg, "length", {"length_fit": str(env["length_fit"])})  # lr_for opens a step, write ends it
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "step_time" in r]
     tokens = [r["completion_len"] * args.prompts * args.generations for r in rows]
     return summarise([r["step_time"] for r in rows], [r["generation_time"] for r in rows],
                      [s + r for s, r in zip(seconds(score_t), seconds(reward_t))], tokens,
-                     [e[0] - s[0] for s, e in zip(starts, ends)])
+                     [e[0] - s[0] for s, e in zip(starts, ends)], computed)
 
 
 def trl(env: dict, work: Path, args) -> dict:
@@ -175,22 +251,27 @@ def trl(env: dict, work: Path, args) -> dict:
     timer = StepTimer()
     trainer = GRPOTrainer(model=model, reward_funcs=length_reward, args=config,
                           train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer])
-    gen_t, score_t = [], []
-    with timing(trainer, "_generate", gen_t), timing(trainer, "_generate_and_score_completions", score_t):
+    gen_t, score_t, computed = [], [], {"sampling": 0, "training": 0}
+    with timing(trainer, "_generate", gen_t), timing(trainer, "_generate_and_score_completions", score_t), \
+            forward_tokens(trainer, "_generate", computed):
         trainer.train()
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     # _generate_and_score_completions = sampling (_generate) + old/reference log-probs + reward.
     gen_t = seconds(gen_t)
     return summarise(timer.times, gen_t, [s - g for s, g in zip(seconds(score_t), gen_t)],
-                     [n * completions for n in lengths], timer.cpu)
+                     [n * completions for n in lengths], timer.cpu, computed)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny", help="preset (random weights) or model directory")
-    ap.add_argument("--prompts", type=int, default=4, help="prompts per step")
-    ap.add_argument("--generations", type=int, default=8, help="completions per prompt")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--shape", default="default", choices=sorted(SHAPES),
+                    help="a step's shape; the four flags below override it")
+    ap.add_argument("--prompts", type=int, help="prompts per step (default 4)")
+    ap.add_argument("--generations", type=int, help="completions per prompt (default 8)")
+    ap.add_argument("--max-new-tokens", type=int, help="default 32")
+    ap.add_argument("--reply-tokens", type=float,
+                    help="a random model's replies end after about this many tokens (0 = as the model is)")
     ap.add_argument("--steps", type=int, default=6, help="steps per run (the first is a warm-up)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every side")
     ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {','.join(SIDES)}")
@@ -198,6 +279,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--out", default="runs/bench_rl.json")
     args = ap.parse_args(argv)
+    for k, v in SHAPES[args.shape].items():
+        setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
     sides = args.sides.split(",")
     if unknown := set(sides) - set(SIDES):
         raise SystemExit(f"error: --sides: unknown {sorted(unknown)}; choose from {','.join(SIDES)}")
@@ -205,7 +288,8 @@ def main(argv=None):
     result = {"settings": vars(args), "before": cpu_info(), "rounds": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        env = setup(work, args.model, args.prompts, args.steps, args.seed)
+        env = setup(work, args)
+        result["stop_probability"] = env["stop_probability"]
         run = {"ours_fp32": lambda: ours(env, work, args, "fp32"), "ours_auto": lambda: ours(env, work, args, "auto"),
                "trl": lambda: trl(env, work, args)}
         for r in range(args.rounds):
@@ -216,10 +300,14 @@ def main(argv=None):
                 print(f"round {r + 1}: {side:9s} {m['step_s']:.3f} s/step (sampling {m['sampling_s']:.3f}, "
                       f"log-probs+reward {m['logprobs_reward_s']:.3f}, update {m['update_s']:.3f}) | "
                       f"rollout {m['rollout_tokens_per_s']:.0f} tokens/s | {m['cpu_s']:.3f} CPU s/step | "
+                      f"{m['completion_tokens'] / (args.prompts * args.generations):.1f} tokens/reply | forward "
+                      f"tokens/step: sampling {m['sampling_tokens_per_step']:.0f}, training "
+                      f"{m['training_tokens_per_step']:.0f} | "
                       f"load {os.getloadavg()[0]:.1f}", flush=True)
             result["rounds"].append(row)
     result["after"] = cpu_info()
-    keys = ("step_s", "sampling_s", "logprobs_reward_s", "update_s", "rollout_tokens_per_s", "cpu_s")
+    keys = ("step_s", "sampling_s", "logprobs_reward_s", "update_s", "rollout_tokens_per_s", "cpu_s",
+            "completion_tokens", "sampling_tokens_per_step", "training_tokens_per_step")
     summary = {side: {k: statistics.median(row[side][k] for row in result["rounds"]) for k in keys} for side in sides}
     if "trl" in sides:
         for side in set(sides) - {"trl"}:  # step rate and rollout speed relative to TRL, medians of per-round ratios

@@ -42,8 +42,14 @@ def sample(probs: torch.Tensor, generator=None) -> torch.Tensor:
 def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, stop_ids=(), seed: int | None = None,
              pad_id: int = 0, on_token=None, stop_check_every: int | None = None,
-             static_cache: bool = False, compile_decode: bool = False) -> list[list[int]]:
+             static_cache: bool = False, compile_decode: bool = False, copies: int = 1) -> list[list[int]]:
     """Complete each prompt (a list of token ids); returns the new tokens only, per prompt.
+
+    copies > 1 completes each prompt that many times (rows i * copies .. i * copies + copies - 1, as RL's
+    groups): the prompt is prefilled once and its keys/values copied to its rows, whose tokens, the first
+    one included, are drawn independently. Rows that have stopped leave the decode batch (their cache rows
+    are dropped when the stop flag is read), so a step costs what the unfinished rows cost; not with
+    static_cache, whose shapes never change.
 
     temperature 0 is greedy. A completion ends after its first token in `stop_ids` (that token is
     kept, so callers can tell a finished reply from a truncated one) or after max_new_tokens.
@@ -67,6 +73,8 @@ def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, te
                          f"context of {model.cfg.max_position_embeddings}; shorten the prompt or ask for fewer")
     device = model.embed_tokens.weight.device
     B = len(prompts)
+    if copies < 1:
+        raise ValueError(f"copies must be at least 1, got {copies}")
     ids = torch.full((B, longest), pad_id, dtype=torch.long)
     mask = torch.zeros((B, longest), dtype=torch.long)
     for i, p in enumerate(prompts):
@@ -80,11 +88,16 @@ def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, te
 
     was_training = model.training
     model.eval()
-    out = torch.empty((B, max_new_tokens), dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
     positions = mask.sum(-1, keepdim=True) - 1  # position of each row's last prompt token
     check_every = stop_check_every or (1 if device.type == "cpu" else 8)
     logits = model(ids, attention_mask=mask if padded else None, cache=cache, logits_to_keep=1)[:, -1]
+    if copies > 1:  # each prompt's keys/values, last logits, mask and position to its `copies` rows
+        logits, mask, positions = (t.repeat_interleave(copies, 0) for t in (logits, mask, positions))
+        cache.k, cache.v = ([t.repeat_interleave(copies, 0) for t in kv] for kv in (cache.k, cache.v))
+        B *= copies
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    alive = torch.arange(B, device=device)  # the output row of each row still in the decode batch
     if static_cache:
         column = torch.tensor([longest], device=device)  # where the next token's keys/values go
         mask = torch.cat((mask, mask.new_zeros(B, max_new_tokens)), dim=1)
@@ -96,11 +109,19 @@ def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, te
         else:
             token = logits.argmax(-1)
         token = torch.where(done, pad_id, token)
-        out[:, n - 1] = token
+        out[alive, n - 1] = token
         done |= torch.isin(token, stop)
-        stop_now = on_token is not None and on_token(token.tolist()) is True
-        if n == max_new_tokens or stop_now or (n % check_every == 0 and bool(done.all())):
+        stop_now = on_token is not None and on_token(out[:, n - 1].tolist()) is True
+        if n == max_new_tokens or stop_now:
             break
+        if n % check_every == 0:
+            finished = int(done.sum())
+            if finished == len(done):
+                break
+            if finished and not static_cache:  # the finished rows leave the batch
+                keep = (~done).nonzero().squeeze(1)
+                alive, token, done, positions, mask = (t[keep] for t in (alive, token, done, positions, mask))
+                cache.k, cache.v = ([t[keep] for t in kv] for kv in (cache.k, cache.v))
         positions = positions + 1
         if static_cache:
             mask.index_fill_(1, column, 1)
@@ -108,7 +129,7 @@ def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, te
             column += 1
         else:
             if padded:
-                mask = torch.cat((mask, mask.new_ones(B, 1)), dim=1)
+                mask = torch.cat((mask, mask.new_ones(len(mask), 1)), dim=1)
             logits = model(token[:, None], attention_mask=mask if padded else None,
                            position_ids=positions, cache=cache)[:, -1]
     model.train(was_training)

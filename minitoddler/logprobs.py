@@ -1,14 +1,13 @@
 """Log-probabilities of given tokens under a model: the one piece that evaluation (minimal pairs),
 rewards (teacher confidence) and the RL losses (GRPO, PPO, DPO) all need. `token_logprobs` is the plain
-version; `logprobs_from_hidden` / `completion_logprobs` are the training ones, which never hold all of a
-batch's logits at once."""
+version; `token_logprobs_at` the training one (on the hidden states rl/packing.py gathers), which never
+holds all of a batch's logits at once."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .distributed import unwrap
 from .model import ToddlerLM
 
 REMAT_ABOVE = 2 ** 24  # logits elements (B x T x vocab, 64 MB in fp32) above which chunks are recomputed in backward
@@ -76,37 +75,22 @@ def _chunk_logprobs(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.T
     return logprobs, ent
 
 
-def logprobs_from_hidden(lm_head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor,
-                         chunk_size: int = 64, start: int = 0, entropy: bool = True
-                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log p(ids[:, t+1] | ids[:, :t+1]) for t >= start and (if `entropy`) the entropy of
-    that next-token distribution (detached), both (B, T-1-start) float32, from final hidden states
-    (B, T, H). `start` skips positions that hold no completion token (the shortest prompt's length - 1):
-    their logits would cost as much and be masked out. The logits exist for `chunk_size` positions at
-    a time; under autograd each chunk is recomputed in the backward pass instead of kept (activation
-    checkpointing) once B x T x vocab exceeds REMAT_ABOVE, so large batches never hold all their logits."""
-    hidden, targets = hidden[:, start:-1], ids[:, start + 1:]
+def token_logprobs_at(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024,
+                      entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(targets[i] | hidden[i]) and (if `entropy`) the entropy of that next-token distribution
+    (detached), both (N,) float32, from N final hidden states (N, H) (rl/packing.py gathers the ones that
+    predict completion tokens). The logits exist for `chunk_size` tokens at a time; under autograd each
+    chunk is recomputed in the backward pass instead of kept (activation checkpointing) once N x vocab
+    exceeds REMAT_ABOVE, so large batches never hold all their logits."""
     # Small batches keep their logits for the backward pass: recomputing them would cost more than it saves.
-    remat = torch.is_grad_enabled() and hidden.shape[0] * hidden.shape[1] * lm_head.weight.shape[0] > REMAT_ABOVE
+    remat = torch.is_grad_enabled() and hidden.shape[0] * lm_head.weight.shape[0] > REMAT_ABOVE
     lps, ents = [], []
-    for s in range(0, hidden.shape[1], chunk_size):
-        args = (lm_head.weight, hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size], entropy)
-        if remat:
-            lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
-        else:
-            lp, ent = _chunk_logprobs(*args)
+    for s in range(0, hidden.shape[0], chunk_size):
+        args = (lm_head.weight, hidden[s:s + chunk_size], targets[s:s + chunk_size], entropy)
+        lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False) if remat else _chunk_logprobs(*args)
         lps.append(lp)
         ents.append(ent)
-    return torch.cat(lps, 1), (torch.cat(ents, 1) if entropy else None)
-
-
-def completion_logprobs(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                        chunk_size: int = 64) -> torch.Tensor:
-    """(B, T) ids -> (B, T-1) fp32 log-probs of each next token, chunked (see `logprobs_from_hidden`).
-    Keeps the graph when grad is enabled. `model` may be wrapped (DDP/compile): its forward is called
-    with hidden_only=True and the plain model's lm_head is applied."""
-    hidden = model(ids, attention_mask=attention_mask, hidden_only=True)
-    return logprobs_from_hidden(unwrap(model).lm_head, hidden, ids, chunk_size)[0]
+    return torch.cat(lps), (torch.cat(ents) if entropy else None)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:

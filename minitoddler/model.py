@@ -184,7 +184,9 @@ class ToddlerLM(nn.Module):
                 cache_position: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B, T) -> float32 logits (B, T, vocab).
 
-        attention_mask: (B, past + T), 1 for real tokens, 0 for (left) padding; None = no padding.
+        attention_mask: (B, past + T), 1 for real tokens, 0 for (left) padding; None = no padding. Or a
+        boolean (B, T, T) mask, True where token t may see token s, with position_ids: packed rows
+        (rl/packing.py), where one row holds several sequences and T may exceed the context.
         position_ids: (B, T); default = past + arange(T), or derived from attention_mask.
         cache: a `KVCache` to read past keys/values from and append this call's to.
         logits_to_keep: > 0 returns the last that many positions' logits only (generation needs the
@@ -198,6 +200,8 @@ class ToddlerLM(nn.Module):
         if cache_position is not None:
             return self.static_decode(ids, attention_mask, position_ids, cache, cache_position)
         B, T = ids.shape
+        if attention_mask is not None and attention_mask.dim() == 3:
+            return self.packed_forward(ids, attention_mask, position_ids, hidden_only)
         past = cache.length if cache is not None else 0
         if past + T > self.cfg.max_position_embeddings:
             raise ValueError(f"sequence of {past + T} tokens is longer than the model's context of "
@@ -207,8 +211,6 @@ class ToddlerLM(nn.Module):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
             else:
                 position_ids = torch.arange(past, past + T, device=ids.device).expand(B, T)
-        cos = self.rope_cos[position_ids].unsqueeze(1)  # (B, 1, T, head_dim)
-        sin = self.rope_sin[position_ids].unsqueeze(1)
         if attention_mask is None and past and T > 1:  # a chunk after cached tokens: causal from `past` on
             attention_mask = torch.ones(B, past + T, dtype=torch.long, device=ids.device)
         mask = None if attention_mask is None else self.attention_bias_mask(attention_mask, T)
@@ -216,11 +218,7 @@ class ToddlerLM(nn.Module):
         # ones sees them all. A Python bool of `past`, not of T, so that compiling with dynamic lengths
         # keeps one graph (a bool of a symbolic T would break it at every new length).
         causal = mask is None and past == 0
-
-        x = self.embed_tokens(ids)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, causal, cache, i)
+        x = self.decoder(ids, position_ids, mask, causal, cache)
         if cache is not None:
             cache.length += T
         if logits_to_keep:
@@ -228,16 +226,26 @@ class ToddlerLM(nn.Module):
         x = self.norm(x)
         return x if hidden_only else self.lm_head(x).float()
 
-    def static_decode(self, ids, attention_mask, position_ids, cache: KVCache, cache_position) -> torch.Tensor:
-        """`forward` with `cache_position`: (B, 1) ids -> (B, 1, vocab) logits."""
-        cos = self.rope_cos[position_ids].unsqueeze(1)
+    def decoder(self, ids, position_ids, mask, causal: bool, cache: KVCache | None = None,
+                cache_position: torch.Tensor | None = None) -> torch.Tensor:
+        """Embed, rotate and run every layer: (B, T) ids -> (B, T, hidden) hidden states before the final norm."""
+        cos = self.rope_cos[position_ids].unsqueeze(1)  # (B, 1, T, head_dim)
         sin = self.rope_sin[position_ids].unsqueeze(1)
-        mask = attention_mask[:, None, None, :].bool()
         x = self.embed_tokens(ids)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, False, cache, i, cache_position)
-        return self.lm_head(self.norm(x)).float()
+            x = layer(x, cos, sin, mask, causal, cache, i, cache_position)
+        return x
+
+    def packed_forward(self, ids, attention, position_ids, hidden_only: bool) -> torch.Tensor:
+        """`forward` with a (B, T, T) boolean mask and the positions each token has in its own sequence."""
+        x = self.norm(self.decoder(ids, position_ids, attention[:, None], False))
+        return x if hidden_only else self.lm_head(x).float()
+
+    def static_decode(self, ids, attention_mask, position_ids, cache: KVCache, cache_position) -> torch.Tensor:
+        """`forward` with `cache_position`: (B, 1) ids -> (B, 1, vocab) logits."""
+        mask = attention_mask[:, None, None, :].bool()
+        return self.lm_head(self.norm(self.decoder(ids, position_ids, mask, False, cache, cache_position))).float()
 
     @staticmethod
     def attention_bias_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:

@@ -44,9 +44,9 @@ def test_losses_match_hand_computation():
     assert dpo_loss(pc, pr, rc, rr, 0.5, "hinge")[0].tolist() == pytest.approx([0.0, 1.5])  # clipped at 0
     with pytest.raises(ValueError, match="sigmoid"):
         dpo_loss(pc, pr, rc, rr, beta, "kto")
-    # IPO averages the reply tokens' log-probs; the others sum them. The mask marks tokens, lp their targets.
-    lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]])
-    mask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 0]])
+    # IPO averages the reply tokens' log-probs; the others sum them (mask: the reply's tokens in the layout).
+    lp = torch.tensor([[-2.0, -3.0, 0.0], [-0.5, -0.5, -9.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
     assert reply_logprobs(lp, mask, "sigmoid").tolist() == [-5.0, -1.0]
     assert reply_logprobs(lp, mask, "ipo").tolist() == [-2.5, -0.5]
 

@@ -8,7 +8,7 @@ import torch
 
 from minitoddler.config import preset
 from minitoddler.formats import render_exchange
-from minitoddler.logprobs import completion_logprobs, token_logprobs
+from minitoddler.logprobs import token_logprobs, token_logprobs_at
 from minitoddler.lora import LoraConfig, apply_lora, lora_disabled
 from minitoddler.model import ToddlerLM
 from minitoddler.rl.grpo import group_advantages, grpo_loss, k3_kl
@@ -176,14 +176,11 @@ def test_render_exchange_masks_the_reply_only(tok):
     assert tok.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False) == "ball there<|im_end|>"
 
 
-def test_truncate_left_and_rollout_mask_alignment():
+def test_truncate_left_and_rollout_completion_mask():
     assert truncate_left([1, 2, 3, 4, 5], 3) == ([3, 4, 5], 2)
     assert truncate_left([1, 2], 3) == ([1, 2], 0)
     r = Rollout(["a", "b"], [[5, 6, 7], [8]], [[9, 2], [10, 11, 2]], ["x", "y"], [True, True], 0)
-    ids, mask = r.tensors(pad_id=0)
-    assert ids.tolist() == [[5, 6, 7, 9, 2], [8, 10, 11, 2, 0]]
-    # mask[b, t] = 1 where ids[b, t+1] is a completion token
-    assert mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 0]]
+    assert r.completion_mask().tolist() == [[1, 1, 0], [1, 1, 1]]  # row b: completion b's tokens
 
 
 def tiny_model(seed=0):
@@ -197,15 +194,19 @@ def test_chunked_logprobs_equal_unchunked_values_and_gradients(monkeypatch, rema
     monkeypatch.setattr("minitoddler.logprobs.REMAT_ABOVE", remat_above)
     model = tiny_model()
     ids = torch.randint(0, model.cfg.vocab_size, (3, 21))
-    a = completion_logprobs(model, ids, chunk_size=4)
-    b = token_logprobs(model, ids)
+    hidden = model(ids, hidden_only=True)[:, :-1].reshape(-1, model.cfg.hidden_size)
+    a, ent = token_logprobs_at(model.lm_head, hidden, ids[:, 1:].reshape(-1), chunk_size=4)
+    b = token_logprobs(model, ids).reshape(-1)
     assert torch.allclose(a, b, atol=1e-5)
+    probs = model(ids)[:, :-1].softmax(-1).reshape(-1, model.cfg.vocab_size)
+    assert torch.allclose(ent, -(probs * probs.log()).sum(-1), atol=1e-4)  # entropy by its definition
     a.sum().backward()
     ga = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     b.sum().backward()
     for x, y in zip(ga, (p.grad for p in model.parameters())):
         assert torch.allclose(x, y, atol=1e-5)
+    assert token_logprobs_at(model.lm_head, hidden, ids[:, 1:].reshape(-1), entropy=False)[1] is None
 
 
 def test_lora_off_reference_equals_base_model():
@@ -219,22 +220,9 @@ def test_lora_off_reference_equals_base_model():
             if name.endswith("lora_B"):
                 p.normal_(0, 0.5)  # a trained adapter: the policy now differs from its base
     with torch.no_grad():
-        assert not torch.allclose(completion_logprobs(policy, ids), want, atol=1e-3)
+        assert not torch.allclose(token_logprobs(policy, ids), want, atol=1e-3)
         with lora_disabled(policy):
-            assert torch.allclose(completion_logprobs(policy, ids), want, atol=1e-6)
-        assert not torch.allclose(completion_logprobs(policy, ids), want, atol=1e-3)  # switched back on
+            assert torch.allclose(token_logprobs(policy, ids), want, atol=1e-6)
+        assert not torch.allclose(token_logprobs(policy, ids), want, atol=1e-3)  # switched back on
 
 
-def test_logprobs_from_a_start_position_equal_the_sliced_full_ones():
-    from minitoddler.logprobs import logprobs_from_hidden
-    model = tiny_model()
-    ids = torch.randint(0, model.cfg.vocab_size, (2, 15))
-    with torch.no_grad():
-        hidden = model(ids, hidden_only=True)
-        full, ent = logprobs_from_hidden(model.lm_head, hidden, ids, chunk_size=4)
-        part, ent_part = logprobs_from_hidden(model.lm_head, hidden, ids, chunk_size=4, start=6)
-        none = logprobs_from_hidden(model.lm_head, hidden, ids, chunk_size=4, start=6, entropy=False)[1]
-    assert torch.allclose(part, full[:, 6:], atol=1e-6) and torch.allclose(ent_part, ent[:, 6:], atol=1e-5)
-    assert none is None
-    probs = model(ids)[:, :-1].softmax(-1)
-    assert torch.allclose(ent, -(probs * probs.log()).sum(-1), atol=1e-4)  # entropy by its definition

@@ -8,15 +8,14 @@ DPOTrainer computes them, on the log-probabilities of the child reply given the 
 
 The implicit rewards are r = beta (log pi - log pi_ref); the reward margin is r_w - r_l and the
 preference accuracy the fraction of pairs with r_w > r_l. Chosen and rejected replies of a batch go
-through the model in one forward pass (`pair_logprobs`).
+through the model in one forward pass, each caregiver line computed once for both (`pair_logprobs`).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ..logprobs import completion_logprobs
-from .rollout import pad_right
+from .packing import pack, packed_logprobs
 
 LOSSES = ("sigmoid", "ipo", "hinge")
 
@@ -39,21 +38,32 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 
 def reply_logprobs(token_logprobs: torch.Tensor, reply_mask: torch.Tensor, loss_type: str) -> torch.Tensor:
-    """(B, T-1) next-token log-probs and (B, T) reply mask -> (B,) log p(reply | prompt): the sum over the
+    """(B, L) reply-token log-probs and their (B, L) mask -> (B,) log p(reply | prompt): the sum over the
     reply's tokens, or their mean for IPO."""
-    mask = reply_mask[:, 1:].to(token_logprobs.dtype)
+    mask = reply_mask.to(token_logprobs.dtype)
     total = (token_logprobs * mask).sum(-1)
     return total / mask.sum(-1).clamp(min=1) if loss_type == "ipo" else total
 
 
+def split_exchange(ids: list[int], mask: list[int]) -> tuple[list[int], list[int]]:
+    """An exchange's (ids, reply mask) -> (prompt, reply): the tokens before the reply and the reply's
+    tokens (what follows the reply is never scored and, attention being causal, changes nothing)."""
+    first = mask.index(1)
+    end = len(mask) - mask[::-1].index(1)
+    if not all(mask[first:end]):
+        raise ValueError("the reply mask must cover one stretch of tokens")
+    return ids[:first], ids[first:end]
+
+
 def pair_logprobs(model, chosen: list[tuple[list[int], list[int]]], rejected: list[tuple[list[int], list[int]]],
-                  loss_type: str, pad_id: int = 0, chunk_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+                  loss_type: str, pad_id: int = 0, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence log-probs of the chosen and of the rejected (ids, reply mask) examples, (B,) each, from one
-    forward pass over the 2B right-padded sequences (keeps the graph when grad is enabled)."""
+    forward pass in which a pair's shared caregiver line is computed once (rl/packing.py; keeps the graph
+    when grad is enabled)."""
     device = next(iter(model.parameters())).device
-    seqs = chosen + rejected
-    ids, _ = pad_right([ids for ids, _ in seqs], pad_id)
-    mask, _ = pad_right([m for _, m in seqs], 0)
-    ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-    logps = reply_logprobs(completion_logprobs(model, ids, chunk_size=chunk_size), mask, loss_type)
+    prompts, replies = zip(*(split_exchange(*x) for x in chosen + rejected))
+    packed = pack(list(prompts), list(replies), pad_id=pad_id).to(device)
+    lp = packed_logprobs(model, packed, chunk_size, entropy=False)[0]
+    mask = packed.unpack(torch.ones(len(packed.targets), device=device))
+    logps = reply_logprobs(lp, mask, loss_type)
     return logps[:len(chosen)], logps[len(chosen):]

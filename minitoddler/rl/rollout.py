@@ -1,10 +1,6 @@
 """What every RL algorithm shares: caregiver prompts in either format (formats.py) sampled with the
-KV cache, the completions decoded, and the layout the training passes read.
-
-Sequences are laid out as `prompt + completion`, right-padded: with causal attention no real token sees
-padding, so the training forward passes need no attention mask. `completion_mask[b, t]` is 1 where
-`ids[b, t + 1]` is a completion token, i.e. it lines up with the (B, T-1) log-probs of next tokens
-(logprobs.py computes those chunk by chunk).
+KV cache (each prompt prefilled once for its `generations` completions), and the completions decoded.
+The training passes read the completions in rl/packing.py's layout: each prompt computed once, no padding.
 """
 from __future__ import annotations
 
@@ -21,17 +17,6 @@ def truncate_left(ids: list[int], max_len: int) -> tuple[list[int], int]:
     """Keep the last `max_len` tokens (the end of a caregiver line matters most); returns (ids, dropped)."""
     dropped = max(0, len(ids) - max_len)
     return ids[dropped:], dropped
-
-
-def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) ids right-padded with pad_id, and (B, T) 0/1 mask of the real tokens."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
 
 
 @torch.no_grad()
@@ -57,14 +42,10 @@ class Rollout:
     finished: list[bool]           # the completion ended with a stop token (not cut at max_new_tokens)
     truncated_prompts: int         # prompts that lost tokens from the front to fit max_prompt_len
 
-    def tensors(self, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids (B, T) = prompt + completion, right-padded, and the completion mask (B, T-1) aligned with
-        next-token log-probs."""
-        ids, _ = pad_right([p + c for p, c in zip(self.prompt_ids, self.completion_ids)], pad_id)
-        mask = torch.zeros((len(self.prompts), ids.shape[1] - 1), dtype=torch.long)
-        for i, (p, c) in enumerate(zip(self.prompt_ids, self.completion_ids)):
-            mask[i, len(p) - 1:len(p) - 1 + len(c)] = 1
-        return ids, mask
+    def completion_mask(self) -> torch.Tensor:
+        """(B, L) 1 on each completion's tokens, L the longest completion: the layout of rl/packing.py."""
+        lengths = torch.tensor([len(c) for c in self.completion_ids])
+        return (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()
 
 
 @dataclass
@@ -76,7 +57,8 @@ class SamplingConfig:
     max_new_tokens: int = 96
     temperature: float = 1.0
     top_p: float = 1.0
-    batch_size: int = 0            # rows per generate call (bounds the KV cache); 0 = the whole rollout at once
+    batch_size: int = 0            # rows per generate call (bounds the KV cache; whole groups of `generations`);
+                                   # 0 = the whole rollout at once
 
 
 @torch.no_grad()
@@ -93,14 +75,14 @@ def sample_rollout(model, tokenizer, prompts: list[str], cfg: SamplingConfig, se
     if room < cfg.max_new_tokens:
         raise ValueError(f"--max-prompt-len {cfg.max_prompt_len} + --max-new-tokens {cfg.max_new_tokens} "
                          f"exceeds the model's context of {model.cfg.max_position_embeddings} tokens")
-    rows = [(p, ids) for p, ids in zip(prompts, rendered) for _ in range(cfg.generations)]
+    G = cfg.generations
     stops = stop_ids(tokenizer, fmt, model.cfg.eos_token_id)
     completions = []
-    per_call = cfg.batch_size or len(rows)
-    for s in range(0, len(rows), per_call):
-        completions += generate(model, [ids for _, ids in rows[s:s + per_call]], cfg.max_new_tokens,
-                                temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=stops, seed=seed + s)
+    per_call = max(1, cfg.batch_size // G) if cfg.batch_size else len(prompts)  # prompts per generate call
+    for s in range(0, len(prompts), per_call):
+        completions += generate(model, rendered[s:s + per_call], cfg.max_new_tokens, temperature=cfg.temperature,
+                                top_p=cfg.top_p, stop_ids=stops, seed=seed + s * G, copies=G)
     stop_set = set(stops)
-    return Rollout([p for p, _ in rows], [ids for _, ids in rows], completions,
+    return Rollout([p for p in prompts for _ in range(G)], [ids for ids in rendered for _ in range(G)], completions,
                    [decode_reply(tokenizer, c, fmt, one_line=True) for c in completions],
                    [bool(c) and c[-1] in stop_set for c in completions], truncated)
