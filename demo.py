@@ -11,7 +11,8 @@
 6 length      RM-3, the length reward, fitted to the children's utterance lengths (rewards/length.py)
 7 grpo        GRPO on caregiver lines with the length and child-likeness rewards (train_rl.py)
 8 evaluate    the three models answer the same held-out caregiver lines (greedy), side by side, and a
-              table: held-out reply loss, reward, words per reply, minimal-pair accuracy (bundled
+              table: held-out reply loss, reward, words per reply, distinct-2 and template share (the
+              report card's, minitoddler/evals/report_card.py), minimal-pair accuracy (bundled
               Zorro/BLiMP sample, minitoddler/data/sample_eval)
 
 Each stage is recorded in <out>/stages.json (its settings, wall and CPU seconds) when it finishes; a
@@ -37,6 +38,7 @@ from minitoddler.config import preset
 from minitoddler.data.prepare import SAMPLE_DIR, SPLITS, PrepareConfig, prepare
 from minitoddler.data.shards import build_shards
 from minitoddler.evals.minimal_pairs import evaluate_pairs, first_per_paradigm, load_pairs
+from minitoddler.evals.report_card import distinct_n, template_share
 from minitoddler.generate import generate_replies
 from minitoddler.model import ToddlerLM
 from minitoddler.rewards import length as rm_length
@@ -143,7 +145,8 @@ def evaluate(cfg: DemoConfig, out: Path) -> dict:
         comps = reward.components(prompts, replies)
         return {"reward": float(reward.total(comps).mean()),
                 **{f"reward_{k}": float(v.mean()) for k, v in comps.items()},
-                "words_per_reply": sum(map(word_count, replies)) / len(replies)}
+                "words_per_reply": sum(map(word_count, replies)) / len(replies),
+                "distinct_2": distinct_n(replies, 2), "template_share": template_share(replies)}
 
     words = sum(word_count(r["text"]) for r in _read_jsonl(out / "data" / "cds" / "train.jsonl"))
     results = {"lines": len(prompts), "shown": shown, "zorro_pairs": len(zorro), "blimp_pairs": len(blimp),
@@ -176,12 +179,15 @@ def report(results: dict, out: Path, stages: dict) -> str:
             lines.append(f"  {label + ':':<20} {results['replies'][name][i]!r}")
         lines.append("")
     t = results["table"]
-    lines += [f"{'':<19}{'val loss':>10}{'reward':>9}{'words/reply':>13}{'Zorro':>8}{'BLiMP':>8}"]
+    lines += [f"{'':<19}{'val loss':>10}{'reward':>9}{'words/reply':>13}{'distinct-2':>12}{'templates':>11}"
+              f"{'Zorro':>8}{'BLiMP':>8}"]
     for name, label in (("child", "the real child"),) + MODELS:
         r = t[name]
         loss = f"{r['val_loss']:>10.3f}" if "val_loss" in r else f"{'':>10}"
         pairs = f"{100 * r['zorro']:>7.1f}%{100 * r['blimp']:>7.1f}%" if "zorro" in r else ""
-        lines.append(f"{label:<19}{loss}{r['reward']:>9.3f}{r['words_per_reply']:>13.1f}{pairs}")
+        card = "".join(f"{r[k]:>{w}.3f}" if k in r else f"{'–':>{w}}" for k, w in (("distinct_2", 12),
+                                                                                      ("template_share", 11)))
+        lines.append(f"{label:<19}{loss}{r['reward']:>9.3f}{r['words_per_reply']:>13.1f}{card}{pairs}")
     parts = [k.removeprefix("reward_") for k in t["child"] if k.startswith("reward_")]
     lines += ["",
               f"val loss     nats per token of the real child's reply to each of the {results['lines']} held-out "
@@ -190,6 +196,9 @@ def report(results: dict, out: Path, stages: dict) -> str:
               "(length: how typical the reply's word count is of the children; childlike: RM-1's "
               "P(a child said this))",
               "words/reply  mean words in the replies (the real child's row is the target)",
+              "distinct-2   distinct word pairs / all word pairs in the replies (low: the replies repeat each other)",
+              "templates    share of the replies that are one of the five most frequent replies (high: the model "
+              "answers different lines alike; compare with the real child's row)",
               f"Zorro/BLiMP  grammatical sentence scored above its ungrammatical twin, macro average over "
               f"paradigms, on the bundled sample ({results['zorro_pairs']} + {results['blimp_pairs']} pairs; "
               f"chance is 50%; the {results['parameters'] / 1e6:.1f}M-parameter model was pretrained on "

@@ -10,7 +10,9 @@
     python eval.py --model DIR --task dialogue --data $D/dialogue_eval_words.json $D/tok_pairs_no_overlap_1.csv
     python eval.py --model DIR --task lexical --data pairs.csv        # pairs: python -m minitoddler.evals.lexical
     python eval.py --model DIR --task generation --format dialogue --aoa ../shared/data/aoa/kuperman_2012_aoa.csv
+    python eval.py --model DIR --task generation --data $D/dialogue_eval_words.json --limit 500  # beside the children
     python eval.py --compare runs/eval runs/eval2                       # side by side
+    python eval.py --model runs/pre --checkpoints --task zorro --data ...  # each checkpoints/chck_* by words seen
 
 The BabyLM tasks (blimp, supplement, comps, entity_tracking, ewok, wug_adj, wug_past, reading) are scored
 as the official pipeline scores them (`--convention babylm`, their default; docs/evaluation.md), and
@@ -37,7 +39,7 @@ import torch
 from minitoddler.checkpoint import model_from_arg
 from minitoddler.cli import parse_config, run
 from minitoddler.config import PRESETS
-from minitoddler.evals import babylm
+from minitoddler.evals import babylm, trajectory
 from minitoddler.evals.generation import DEFAULT_PROMPTS, evaluate_generation, load_prompts
 from minitoddler.evals.lexical import read_lexical_csv
 from minitoddler.evals.minimal_pairs import (CONVENTIONS, ZORRO_ORDERS, evaluate_pairs, first_per_paradigm,
@@ -89,6 +91,8 @@ class EvalConfig:
                                    # auto (bf16 where the GPU or CPU computes it natively)
     seed: int = 1337
     compare: list = field(default_factory=list)  # run directories to print side by side (nothing is evaluated)
+    checkpoints: bool = False      # --model is a pretraining run: evaluate each of its checkpoints/chck_* (saved by
+                                   # --save-at-words), in order of words seen; a table and a plot of the trajectory
 
 
 def convention(cfg: EvalConfig) -> str:
@@ -142,7 +146,8 @@ def run_task(cfg: EvalConfig, model, tokenizer, device) -> tuple[dict, list[dict
         return evaluate_generation(
             model, tokenizer, prompts, cfg.format, cfg.samples, cfg.max_new_tokens, cfg.temperature,
             cfg.top_p or None, cfg.top_k or None, cfg.seed, cfg.aoa or None, cfg.cdi or None, cfg.rm1 or None,
-            cfg.rm2 or None, cfg.similarity_model or None, cfg.examples, str(device))
+            cfg.rm2 or None, cfg.similarity_model or None, cfg.examples, str(device),
+            histogram=Path(cfg.out) / "generation_lengths.png")
     if cfg.task == "lexical":
         if not cfg.data:
             raise SystemExit("--data is required for the lexical task: a CSV of word,pseudoword pairs (build "
@@ -164,8 +169,10 @@ def summary(task: str, result: dict, rows: list[dict]) -> str:
     metric, rate = result.get("metric"), result.get("n_items", 0) / max(result["seconds"], 1e-9)
     if task == "generation":
         m = result["metrics"]
+        card = "".join(f"; {who}: distinct-2 {m[who + '/distinct_2']:.3f}, template share "
+                       f"{m[who + '/template_share']:.3f}" for who in ("model", "children") if who + "/distinct_2" in m)
         return (f"generation: {len(rows)} replies, {m['words_per_reply']:.2f} words/reply, "
-                f"MLU {m['mlu_words']:.2f}, TTR {m['type_token_ratio']:.3f}")
+                f"MLU {m['mlu_words']:.2f}, TTR {m['type_token_ratio']:.3f}{card}")
     if metric == "delta_r2":
         return (f"reading: eye tracking {result['eye_tracking']:.2f}, self-paced {result['self_paced']:.2f} "
                 f"(normalised ΔR² x 100; {result['n_words']} words, {result['seconds']:.0f} s)")
@@ -190,6 +197,12 @@ def main(argv=None) -> None:
         print(f"{task}: no data in {cfg.suite[1]} (the official copy: {where})")
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
+    if cfg.checkpoints:  # a learning trajectory (minitoddler/evals/trajectory.py)
+        precision = resolve_dtype(cfg.dtype, device)
+        print(f"dtype {precision}")
+        written = trajectory.evaluate_checkpoints(cfg, runs, run_task, summary, device, precision)
+        print("wrote " + ", ".join(str(p) for p in written))
+        return
     tokenizer_dir = cfg.tokenizer or (cfg.model if Path(cfg.model).is_dir() else "")
     if not Path(cfg.model).is_dir() and cfg.model not in PRESETS:
         raise SystemExit(f"--model {cfg.model}: no such model directory (nor a preset: {', '.join(sorted(PRESETS))})")
@@ -222,11 +235,15 @@ def main(argv=None) -> None:
         results["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         results["tasks"][run_cfg.task] = result
         written = save_results(out, results)  # after every task: a long suite keeps what it has done
+        if result.get("length_histogram"):
+            dumps.append(Path(result["length_histogram"]))
         if run_cfg.task == "generation" or cfg.save_scores:
             path = out / ("generations.jsonl" if run_cfg.task == "generation" else f"scores_{run_cfg.task}.jsonl")
             path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
             dumps.append(path)
         print(summary(run_cfg.task, result, rows))
+        for note in result.get("report_card_notes", []):
+            print(note)
     if cfg.suite:
         print(paper_table(results), end="")
     if results.get("plots_note"):

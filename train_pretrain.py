@@ -5,6 +5,7 @@
     python train_pretrain.py --model tiny --out runs/pre --steps 60 --device cpu           # bundled corpus
     python train_pretrain.py --model tiny --out runs/pre --steps 60 --device cpu --resume  # continue
     torchrun --nproc_per_node=8 train_pretrain.py --data shards/cds --out runs/pre155       # DDP, same global batch
+    python train_pretrain.py --data shards/cds --save-at-words babylm   # runs/pretrain/checkpoints/chck_1M/ ...
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from minitoddler.checkpoint import model_from_arg, save_model
 from minitoddler.cli import parse_config, run
 from minitoddler.data.shards import TokenLoader, default_shards, read_meta, shard_tokenizer_dir
 from minitoddler.distributed import Dist, compile_on, plan_batch, unwrap, wrap_for_training
+from minitoddler.evals.trajectory import checkpoint_dir, parse_marks, save_words_checkpoint
 from minitoddler.precision import Precision, device_peak_flops, resolve_dtype
 from minitoddler.startup import end_run, print0, start_run
 from minitoddler.train_state import resume_checkpoint, save_checkpoint
@@ -62,6 +64,9 @@ class PretrainConfig:
     resume: bool = False
     profile: int = 0
     report_to: str = ""
+    save_at_words: str = ""       # also write model directories <out>/checkpoints/chck_1M/, ... when that many corpus
+                                  # words (all processes together) have been trained on: 1M,2M,5M (K, M, B suffixes)
+                                  # or babylm (1M, 2M, ..., 10M, 20M, ..., 100M); needs shards with word counts
 
 
 def token_byte_lengths(tokenizer_dir: Path, vocab_size: int) -> torch.Tensor:
@@ -157,6 +162,7 @@ def train_step(train_model, loss_fn, model, optimizer, loader: TokenLoader, accu
 
 
 def main(cfg: PretrainConfig) -> Path:
+    marks = parse_marks(cfg.save_at_words) if cfg.save_at_words else []
     ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
     precision = resolve_dtype(cfg.dtype, device)
     model = model_from_arg(cfg.model, device)
@@ -176,6 +182,12 @@ def main(cfg: PretrainConfig) -> Path:
         state = resume_checkpoint(ckpt_dir, model, optimizer, is_main=ddp.is_main)
         start = state["step"]
         loader.load_state_dict(state["loader"])
+    words = loader.words_seen() if marks else 0  # training words so far; the marks crossed before a resume stay done
+    if marks:
+        last = loader.words_after(cfg.steps * accum)
+        late = [checkpoint_dir(out, m).name for m in marks if m > last]
+        print0(f"--save-at-words: {sum(words < m <= last for m in marks)} checkpoint(s) to write; this run ends at "
+               f"{last:,} words" + (f", before {', '.join(late)} (not written)" if late else ""))
 
     train_model = wrap_for_training(model, ddp, device, compile=False)
     loss_fn = torch.compile(next_token_loss) if compile_on(cfg.compile, device) else next_token_loss
@@ -191,6 +203,16 @@ def main(cfg: PretrainConfig) -> Path:
     def save(step):  # every process: their RNG states are gathered; the main one writes
         save_checkpoint(ckpt_dir, model, optimizer, step, {"loader": loader.state_dict(), "config": asdict(cfg)},
                         tokenizer=data.tokenizer_dir)
+
+    written = []
+
+    def save_marks(done: int, before: int, now: int) -> None:  # --save-at-words: the marks this step crossed
+        for mark in (m for m in marks if before < m <= now):
+            if ddp.is_main:
+                path = save_words_checkpoint(model, out, mark, data.tokenizer_dir, {
+                    "words_seen": now, "step": done, "tokens_seen": done * cfg.batch_tokens})
+                progress.note(f"step {done}: {now:,} words seen: wrote {path}")
+            written.append(f"{checkpoint_dir(out, mark).name} (step {done})")
 
     def validate(done: int) -> tuple[float, float]:
         val = TokenLoader(data.shards, "val", data.val_batch, seq_len, cfg.seed, ddp.rank, ddp.world_size)
@@ -215,15 +237,22 @@ def main(cfg: PretrainConfig) -> Path:
             tok_s = cfg.batch_tokens / dt
             mfu = flops_per_step / dt / (peak * ddp.world_size)  # the global batch's FLOPs over all GPUs' peak
             progress.update(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
+            if marks:
+                words, before = loader.words_seen(), words
+                save_marks(done, before, words)
             if due(done, cfg.log_every, cfg.steps):
                 log.write(step=done, loss=loss, lr=lr, grad_norm=grad_norm, tok_s=tok_s, mfu=mfu,
-                          tokens=done * cfg.batch_tokens, time=progress.elapsed)
+                          tokens=done * cfg.batch_tokens, time=progress.elapsed, **({"words": words} if marks else {}))
                 progress.log(done, loss=loss, lr=lr, tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
             if due(done, cfg.eval_every, cfg.steps):
                 val_loss, val_bpb = validate(done)
             if save_or_stop(done, cfg.steps, cfg.save_every, stop, save, progress, ddp.is_main, out):
+                if marks:
+                    print0(f"words checkpoints written in this run: {', '.join(written) or 'none'} ({words:,} words)")
                 return ckpt_dir
     progress.close()
+    if marks:
+        print0(f"words checkpoints written in this run: {', '.join(written) or 'none'} ({words:,} words seen)")
     final = out / "final"
     if ddp.is_main:
         save_model(model, final, tokenizer=data.tokenizer_dir)

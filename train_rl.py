@@ -78,7 +78,7 @@ class RLConfig:
     lora_alpha: float = 0.0        # 0 = rank (alpha 64 at rank 64, the card's)
     lora_dropout: float = 0.0      # 0 keeps sampling and training the very same policy
     lora_targets: str = "q,k,v,o,gate,up,down"
-    device_batch_size: int = 16    # rows per forward/backward pass
+    device_batch_size: int = 16    # completions per forward/backward pass (a multiple of --generations)
     rollout_batch: int = 0         # rows per generate call (caps the KV cache); 0 = the whole rollout in one call
     chunk_size: int = 1024         # completion tokens per lm_head chunk in the log-prob passes
     clip_eps: float = 0.2          # policy ratio clip (both algorithms)

@@ -1,5 +1,5 @@
-"""DPO step time next to TRL's DPOTrainer (same model, pairs and batch, in one run), and teacher
-sampling speed (answers per second).
+"""DPO step time next to TRL's DPOTrainer (same model, pairs and batch, in one run), the tokens each side
+runs through the model per step, and teacher sampling speed (answers per second).
 
     python benchmarks/bench_dpo.py --model toddler-155m --pairs 8 --steps 4 --rounds 2 --out runs/bench_dpo.json
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_rl import cpu_info, forward_tokens  # noqa: E402
 
 import train_dpo  # noqa: E402
 from minitoddler.checkpoint import model_from_arg, save_model  # noqa: E402
@@ -37,27 +39,20 @@ from minitoddler.tokenizer import train_tokenizer  # noqa: E402
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dpo" / "naturalistic_pairs.json"
 
 
-def cpu_info() -> dict:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return {"cpu": model, "flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags],
-            "threads": torch.get_num_threads(), "load_avg": os.getloadavg()}
-
-
 def ours(model_dir: Path, data: Path, work: Path, pairs: int, steps: int, dtype: str) -> dict:
     out = work / f"ours{time.time_ns()}"
     cfg = train_dpo.DPOConfig(model=str(model_dir), data=str(data), out=str(out), device="cpu", steps=steps,
                               batch_size=pairs, device_batch_size=pairs, val_fraction=1 / (pairs * steps + 1),
                               eval_every=0, save_every=0, log_every=1, dtype=dtype)
-    t0 = time.perf_counter()
-    train_dpo.main(cfg)
+    t0, computed = time.perf_counter(), {"step": 0}
+    with forward_tokens(train_dpo, "train_step", computed, inside="step", outside="outside"):
+        train_dpo.main(cfg)
     total = time.perf_counter() - t0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     step_times = [r["step_time"] for r in rows if "step_time" in r]
     # Outside the steps: loading, tokenizing, the one reference pass, the held-out evaluation, export.
     return {"step_s": statistics.median(step_times[1:]), "step_times": step_times, "total_s": total,
-            "outside_steps_s": total - sum(step_times)}
+            "outside_steps_s": total - sum(step_times), "forward_tokens_per_step": computed["step"] / steps}
 
 
 def trl(model_dir: Path, prefs, work: Path, pairs: int, steps: int) -> dict:
@@ -87,10 +82,11 @@ def trl(model_dir: Path, prefs, work: Path, pairs: int, steps: int) -> dict:
     timer = StepTimer()
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          callbacks=[timer])
-    t0 = time.perf_counter()
-    trainer.train()
+    t0, computed = time.perf_counter(), {"step": 0}
+    with forward_tokens(trainer, "training_step", computed, inside="step", outside="outside"):
+        trainer.train()
     return {"step_s": statistics.median(timer.times[1:]), "step_times": timer.times,
-            "total_s": time.perf_counter() - t0}
+            "total_s": time.perf_counter() - t0, "forward_tokens_per_step": computed["step"] / steps}
 
 
 def teacher_speed(model_dir: Path, prefs, work: Path, prompts: int, answers: int) -> dict:
@@ -134,11 +130,14 @@ def main(argv=None):
                                 for p in prefs[:args.pairs * args.steps + 1]))
         for r in range(args.rounds):
             row = {"ours": ours(model_dir, data, work, args.pairs, args.steps, args.dtype)}
-            print(f"round {r + 1}: ours {row['ours']['step_s']:.2f} s/step", flush=True)
+            print(f"round {r + 1}: ours {row['ours']['step_s']:.2f} s/step, "
+                  f"{row['ours']['forward_tokens_per_step']:.0f} forward tokens/step", flush=True)
             if not args.skip_trl:
                 row["trl"] = trl(model_dir, prefs, work, args.pairs, args.steps)
                 row["speedup"] = row["trl"]["step_s"] / row["ours"]["step_s"]
-                print(f"round {r + 1}: TRL {row['trl']['step_s']:.2f} s/step -> {row['speedup']:.2f}x", flush=True)
+                print(f"round {r + 1}: TRL {row['trl']['step_s']:.2f} s/step, "
+                      f"{row['trl']['forward_tokens_per_step']:.0f} forward tokens/step -> {row['speedup']:.2f}x",
+                      flush=True)
             result["rounds"].append(row)
         if args.teacher_prompts:
             result["teacher"] = teacher_speed(model_dir, prefs, work, args.teacher_prompts, 10)

@@ -6,9 +6,9 @@ in one run).
     python benchmarks/bench_rl.py --model toddler-155m --shape toddler-llm-grpo --steps 2 --rounds 1
 
 `--shape toddler-llm-grpo` is the Toddler-LLM-GRPO card's step: 25 prompts x 8 completions, up to 96 new
-tokens, with replies that stop early, as a toddler's do: a random-weight model is given a stop token whose
-probability is 1/--reply-tokens at every position (`end_replies_early`), so replies average about that
-many tokens on both sides. Both sides also report the tokens they actually run through the model per step
+tokens, with replies that stop early, as a toddler's do: a random-weight model's EOS token (where both
+sides stop) is given probability ~1/--reply-tokens at every position (`end_replies_early`), so replies
+average about that many tokens on both sides. Both sides also report the tokens they actually run through the model per step
 (every forward call's input, sampling and the training passes apart).
 
 Both trainers get the same random-weight model directory (a preset, or --model DIR of a chat model)
@@ -55,7 +55,7 @@ from minitoddler.rewards.combine import CombinedReward  # noqa: E402
 from minitoddler.rewards.length import LengthModel, child_utterances, word_count  # noqa: E402
 from minitoddler.rl.prompts import load_prompts, prompt_batch, prompt_file  # noqa: E402
 from minitoddler.startup import bundled_data  # noqa: E402
-from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, IM_END, load_tokenizer, train_tokenizer  # noqa: E402
+from minitoddler.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer, train_tokenizer  # noqa: E402
 from minitoddler.trainer import MetricsLog  # noqa: E402
 
 SIDES = ("ours_fp32", "ours_auto", "trl")
@@ -137,7 +137,8 @@ def setup(work: Path, args) -> dict:
             probe = [prompt_ids(tok, p, "chatml") + torch.randint(3, tok.get_vocab_size(), (24,)).tolist()
                      for p in used[:8]]
             width = min(map(len, probe))
-            stop_p = end_replies_early(policy, tok.token_to_id(IM_END), args.reply_tokens,
+            eos = json.loads((work / "tok" / "tokenizer_config.json").read_text())["eos_token"]  # TRL stops there
+            stop_p = end_replies_early(policy, tok.token_to_id(eos), args.reply_tokens,
                                        torch.tensor([x[:width] for x in probe]))
         model_dir = save_model(policy, work / "model", tokenizer=work / "tok")
     fit = LengthModel.fit([word_count(t) for _, _, t in child_utterances([SAMPLE_DIR])]).save(work / "length.json")
@@ -145,34 +146,34 @@ def setup(work: Path, args) -> dict:
 
 
 @contextmanager
-def forward_tokens(sampler, sampler_name: str, counts: dict):
+def forward_tokens(obj, name: str, counts: dict, inside: str = "sampling", outside: str = "training"):
     """Add the input tokens of every language-model forward pass (counted where the token embedding runs)
-    to counts["sampling"] while `sampler.sampler_name` runs and to counts["training"] otherwise: the work
-    each side actually does, padding included."""
-    embed, generating = torch.nn.Embedding.forward, [False]
+    to counts[inside] while `obj.name` runs and to counts[outside] otherwise: the work each side actually
+    does, padding included."""
+    embed, within = torch.nn.Embedding.forward, [False]
 
     def counted(self, ids):
-        counts["sampling" if generating[0] else "training"] += ids.numel()
+        counts[inside if within[0] else outside] = counts.get(inside if within[0] else outside, 0) + ids.numel()
         return embed(self, ids)
 
-    def sampling(*a, **kw):
-        generating[0] = True
+    def marked(*a, **kw):
+        within[0] = True
         try:
             return fn(*a, **kw)
         finally:
-            generating[0] = False
+            within[0] = False
 
-    fn, own = getattr(sampler, sampler_name), sampler_name in vars(sampler)
+    fn, own = getattr(obj, name), name in vars(obj)
     torch.nn.Embedding.forward = counted
-    setattr(sampler, sampler_name, sampling)
+    setattr(obj, name, marked)
     try:
         yield
     finally:
         torch.nn.Embedding.forward = embed
         if own:
-            setattr(sampler, sampler_name, fn)
+            setattr(obj, name, fn)
         else:
-            delattr(sampler, sampler_name)
+            delattr(obj, name)
 
 
 def seconds(calls) -> list[float]:

@@ -51,12 +51,17 @@ def test_printout_and_table(run, tmp_path, capsys):
     assert text.count("caregiver:   ") == 2 and text.count("the real child said:") == 2
     for label in ("after pretraining", "after SFT", "after GRPO"):
         assert text.count(f"  {label}:") == 2
-        assert re.search(rf"^{label} +\d+\.\d{{3}} +-?\d+\.\d{{3}} +\d+\.\d +\d+\.\d% +\d+\.\d%$", text, re.M), label
+        assert re.search(rf"^{label} +\d+\.\d{{3}} +-?\d+\.\d{{3}} +\d+\.\d +\d+\.\d{{3}} +\d+\.\d{{3}} +\d+\.\d% "
+                         rf"+\d+\.\d%$", text, re.M), label
     assert f"written under {out}/" in text
     # words per reply of the real children, counted here by hand
     child = results["replies"]["child"]
     words = sum(len(re.findall(r"[a-z0-9]+(?:'[a-z]+)*", r.lower())) for r in child) / len(child)
     assert results["table"]["child"]["words_per_reply"] == pytest.approx(words)
+    distinct = {tuple(w[i:i + 2]) for r in child for w in [re.findall(r"[a-z]+(?:'[a-z]+)*", r.lower())]
+                for i in range(len(w) - 1)}
+    pairs = sum(max(0, len(re.findall(r"[a-z]+(?:'[a-z]+)*", r.lower())) - 1) for r in child)
+    assert results["table"]["child"]["distinct_2"] == pytest.approx(len(distinct) / pairs)
 
 
 def test_zorro_accuracy_matches_a_naive_scorer(run):

@@ -5,8 +5,12 @@
 
 A shard directory holds, per split, `{split}.bin`: one uint16 token stream that starts with
 <|endoftext|> and has every document followed by <|endoftext|> (the document separator), plus
-`meta.json` (vocab size, token counts, tokenizer hash, seq_len) and a copy of the tokenizer in
+`meta.json` (vocab size, token counts, word counts in "words", tokenizer hash, seq_len) and a copy of the tokenizer in
 `tokenizer/`, so a model trained on the shards can be exported with the tokenizer it saw.
+`{split}.words.bin` (uint8, one count per token of `{split}.bin`) holds how many corpus words end at
+each token: words as prepare.py counts them for stats.json, "*MOT:" speaker tags at
+the start of a line not counted, each word attributed to its last token. Training knows from it exactly
+how many words it has seen (`TokenLoader.words_seen`, for `train_pretrain.py --save-at-words`).
 
 `TokenLoader` cuts a split into windows of seq_len + 1 tokens (x = window[:-1], y = window[1:];
 consecutive windows share one token so every token is a target once per epoch), visits them in an
@@ -18,16 +22,47 @@ import hashlib
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from minitoddler.data.prepare import SAMPLE_DIR, PrepareConfig, prepare
+from minitoddler.data.prepare import _WORD, SAMPLE_DIR, PrepareConfig, prepare
 from minitoddler.tokenizer import EOT_ID, load_tokenizer, save_tokenizer, train_tokenizer
 
 SEQ_LEN = 256
+# A word as prepare.py counts them (stats.json), unless it is a speaker tag "*MOT:" opening a line (triplets).
+_WORD_OR_TAG = re.compile(rf"(?m)^[ \t]*\*[A-Z]{{2,4}}:|({_WORD.pattern})")
+
+
+def count_words(text: str) -> int:
+    """Corpus words in one document: what `words_per_token` spreads over its tokens."""
+    return sum(1 for m in _WORD_OR_TAG.finditer(text) if m.group(1))
+
+
+def words_per_token(texts: list[str], encodings) -> np.ndarray:
+    """How many words end at each token of the packed stream of `texts` (each document's tokens followed
+    by its <|endoftext|>, which ends none): uint8. A word belongs to the last token that starts before
+    the word's last character ends (the token offsets are characters of the original text)."""
+    lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
+    n_tokens = int(lengths.sum())
+    doc_of_token = np.repeat(np.arange(len(texts)), lengths)
+    char_base = np.zeros(len(texts), dtype=np.int64)  # where each document starts in "\n".join(texts)
+    np.cumsum([len(t) + 1 for t in texts[:-1]], out=char_base[1:])
+    starts = np.fromiter((s for e in encodings for s, _ in e.offsets), dtype=np.int64, count=n_tokens)
+    starts += char_base[doc_of_token]
+    ends = np.fromiter((m.end() for m in _WORD_OR_TAG.finditer("\n".join(texts)) if m.group(1)), dtype=np.int64)
+    last = np.searchsorted(starts, ends, side="left") - 1
+    if ends.size and (np.any(np.diff(starts) < 0) or last.min() < 0 or np.any(
+            doc_of_token[last] != np.searchsorted(char_base, ends - 1, side="right") - 1)):
+        raise ValueError("the tokenizer's offsets do not map words to tokens (not increasing, or a word "
+                         "without a token): word counts need a tokenizer that reports character offsets")
+    counts = np.bincount(last + doc_of_token[last], minlength=n_tokens + len(texts))  # + one EOT per earlier doc
+    if counts.max(initial=0) > 255:
+        raise ValueError(f"a token ends {counts.max()} words, more than uint8 word counts hold")
+    return counts.astype(np.uint8)
 
 
 def build_shards(jsonl_paths_by_split: dict[str, list[Path]], tokenizer, out_dir, text_field: str = "text",
@@ -52,24 +87,28 @@ def build_shards(jsonl_paths_by_split: dict[str, list[Path]], tokenizer, out_dir
     meta = {"vocab_size": vocab_size, "seq_len": seq_len, "dtype": "uint16", "eot_id": EOT_ID,
             "text_field": text_field, "tokenizer": "tokenizer",
             "tokenizer_sha256": file_sha256(tok_dir / "tokenizer.json"), "shuffle_seed": shuffle_seed,
-            "splits": {}}
+            "splits": {}, "words": {}}
     for split, paths in jsonl_paths_by_split.items():
         texts = [row[text_field] for path in paths for row in _read_jsonl(path, text_field)]
         if shuffle_seed is not None:
             random.Random(shuffle_seed).shuffle(texts)
-        stream = [np.array([EOT_ID], dtype=np.uint16)]
+        stream, words = [np.array([EOT_ID], dtype=np.uint16)], [np.zeros(1, dtype=np.uint8)]
         for start in range(0, len(texts), 10_000):  # batches keep memory flat on large corpora
-            ids = []
-            for enc in tok.encode_batch(texts[start:start + 10_000], add_special_tokens=False):
+            ids, batch = [], texts[start:start + 10_000]
+            encodings = tok.encode_batch(batch, add_special_tokens=False)
+            for enc in encodings:
                 ids += enc.ids
                 ids.append(EOT_ID)
             stream.append(np.array(ids, dtype=np.uint16))
-        tokens = np.concatenate(stream)
-        tmp = out_dir / f"{split}.bin.tmp"
-        tokens.tofile(tmp)
-        os.replace(tmp, out_dir / f"{split}.bin")
+            words.append(words_per_token(batch, encodings))
+        tokens, words = np.concatenate(stream), np.concatenate(words)
+        for name, array in ((f"{split}.bin", tokens), (f"{split}.words.bin", words)):
+            tmp = out_dir / f"{name}.tmp"
+            array.tofile(tmp)
+            os.replace(tmp, out_dir / name)
         meta["splits"][split] = {"documents": len(texts), "tokens": int(tokens.size),
                                  "sources": [str(p) for p in paths]}
+        meta["words"][split] = int(words.sum())  # corpus words of the split; per token in {split}.words.bin
     _write_json(out_dir / "meta.json", meta)  # written last: its presence marks a complete build
     return out_dir
 
@@ -111,6 +150,7 @@ class TokenLoader:
         self.tokens_per_epoch = self.num_windows * seq_len  # tokens of the whole split (all ranks)
         self.epoch, self.batch = 0, 0
         self._order_epoch, self._order = None, None
+        self._window_words, self._epoch_words, self._cumulative = None, {}, (None, None)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (x, y) pair, each (batch_size, seq_len) int64; rolls over to a reshuffled epoch."""
@@ -132,10 +172,53 @@ class TokenLoader:
                                  f"resume with the same data and settings")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
+    def words_seen(self) -> int:
+        """Corpus words the batches given out so far hold, summed over every rank (their windows together)."""
+        return self.words_after(self.epoch * self.batches_per_epoch + self.batch)
+
+    def words_after(self, batches: int) -> int:
+        """Corpus words in the first `batches` batches of every rank (summed over the ranks): a word counts
+        when its last token is a target (y). Exact from the shard's word counts (`{split}.words.bin`).
+        Rank r's first k windows of an epoch are order[r::world_size][:k], so all ranks' together are
+        order[:k * world_size]: every process computes the same total without communicating."""
+        epoch, batch = divmod(batches, self.batches_per_epoch)
+        total = sum(self._epoch_total(e) for e in range(epoch))
+        if batch:
+            if self._cumulative[0] != epoch:
+                per_epoch = self.batches_per_epoch * self.batch_size * self.world_size
+                self._cumulative = (epoch, np.cumsum(self._words()[self._permutation(epoch)[:per_epoch]]))
+            total += int(self._cumulative[1][batch * self.batch_size * self.world_size - 1])
+        return total
+
+    def _epoch_total(self, epoch: int) -> int:
+        if epoch not in self._epoch_words:
+            per_epoch = self.batches_per_epoch * self.batch_size * self.world_size
+            self._epoch_words[epoch] = int(self._words()[self._permutation(epoch)[:per_epoch]].sum())
+        return self._epoch_words[epoch]
+
+    def _words(self) -> np.ndarray:
+        """Words per window (those ending at its target tokens), from `{split}.words.bin`."""
+        if self._window_words is None:
+            path = self.path.with_name(self.path.name[:-len(".bin")] + ".words.bin")
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found: {self.path.parent} was built before shards counted "
+                                        f"words; re-run the shard step to count them: {rebuild_command(self.path.parent)}")
+            words = np.memmap(path, dtype=np.uint8, mode="r")
+            if words.size != self.tokens.size:
+                raise ValueError(f"{path} has {words.size} word counts for {self.tokens.size} tokens in "
+                                 f"{self.path}: rebuild the shards (python -m minitoddler.data.shards)")
+            targets = words[1:self.num_windows * self.seq_len + 1].reshape(self.num_windows, self.seq_len)
+            self._window_words = targets.sum(axis=1, dtype=np.int64)
+        return self._window_words
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """Every window of the split in epoch `epoch`'s order (drawn from seed + epoch)."""
+        return np.random.default_rng(self.seed + epoch).permutation(self.num_windows)
+
     def _windows(self) -> np.ndarray:
         """This rank's window indices for the current epoch (a permutation drawn from seed + epoch)."""
         if self._order_epoch != self.epoch:
-            order = np.random.default_rng(self.seed + self.epoch).permutation(self.num_windows)
+            order = self._permutation(self.epoch)
             self._order = order[self.rank::self.world_size][:self.batches_per_epoch * self.batch_size]
             self._order_epoch = self.epoch
         return self._order
@@ -170,6 +253,18 @@ def default_shards(out_dir, kind: str = "cds", vocab_size: int = 8192) -> Path:
     meta["fingerprint"] = fingerprint
     _write_json(shard_dir / "meta.json", meta)
     return shard_dir
+
+
+def rebuild_command(shard_dir) -> str:
+    """The command that rebuilds `shard_dir` from its corpus with its own tokenizer and settings (meta.json)."""
+    shard_dir = Path(shard_dir)
+    meta = read_meta(shard_dir)
+    sources = meta["splits"].get("train", {}).get("sources") or ["CORPUS/train.jsonl"]
+    extra = "".join(f" --{flag} {meta[key]}" for flag, key, default in (
+        ("field", "text_field", "text"), ("seq-len", "seq_len", SEQ_LEN), ("shuffle-seed", "shuffle_seed", None))
+        if meta.get(key, default) != default)
+    return (f"python -m minitoddler.data.shards --corpus {Path(sources[0]).parent} --out {shard_dir} "
+            f"--tokenizer {shard_dir / meta['tokenizer']}{extra}")
 
 
 def file_sha256(path) -> str:
@@ -224,7 +319,7 @@ def main(argv=None) -> None:
                        shuffle_seed=args.shuffle_seed)
     meta = read_meta(out)
     for split, info in meta["splits"].items():
-        print(f"  {split:5s} {info['documents']:8d} documents {info['tokens']:10d} tokens")
+        print(f"  {split:5s} {info['documents']:8d} documents {info['tokens']:10d} tokens {meta['words'][split]:10d} words")
     print(f"wrote {out}/{{{','.join(meta['splits'])}}}.bin, meta.json and tokenizer/ (vocab {meta['vocab_size']})")
 
 

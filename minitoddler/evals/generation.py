@@ -5,7 +5,9 @@ Prompts come from a file (default: the ~50 caregiver lines in prompts.txt beside
 the model in one of the two formats of formats.py (chatml, or dialogue: `*MOT: …\\n*CHI:`), and the sampled
 replies are measured: words per reply, MLU in words, share of single-sentence replies, type/token
 ratio, mean age of acquisition (Kuperman norms) and share of CDI words of the words used, BLEU-1 (and
-MiniLM similarity) to gold replies, and RM-1 child-likeness / RM-2 coherence when those models are given.
+MiniLM similarity) to gold replies, and RM-1 child-likeness / RM-2 coherence when those models are given;
+then the toddler report card (report_card.py): the model's replies and the real children's (the gold
+replies) measured side by side, as model/… and children/… keys.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import torch
 from ..formats import check_format
 from ..generate import generate_replies
 from .minimal_pairs import json_items
+from .report_card import (cdi_share, length_histogram, mean_aoa, mean_card, mlu_words, report_card,
+                          side_by_side, type_token_ratio, words_per_reply)
 from .words import SPEAKER_TAG, read_aoa, read_cdi_words, utterances, words
 
 DEFAULT_PROMPTS = Path(__file__).with_name("prompts.txt")
@@ -72,21 +76,19 @@ def text_metrics(replies: list[str], aoa: dict[str, float] | None = None,
     """Length, sentence and vocabulary measures of a list of replies."""
     per_reply = [utterances(r) for r in replies]
     tokens = [w for r in replies for w in words(r)]
-    n_utts = sum(len(u) for u in per_reply)
     m = {
         "n_replies": len(replies),
         "empty_share": sum(not u for u in per_reply) / len(replies),
-        "words_per_reply": len(tokens) / len(replies),
-        "mlu_words": sum(len(s) for u in per_reply for s in u) / n_utts if n_utts else 0.0,
+        "words_per_reply": words_per_reply(replies),
+        "mlu_words": mlu_words(replies),
         "single_sentence_share": sum(len(u) == 1 for u in per_reply) / len(replies),
-        "type_token_ratio": len(set(tokens)) / len(tokens) if tokens else 0.0,
+        "type_token_ratio": type_token_ratio(replies),
     }
     if aoa is not None:
-        rated = [aoa[w] for w in tokens if w in aoa]
-        m["mean_aoa_years"] = sum(rated) / len(rated) if rated else None
-        m["aoa_coverage"] = len(rated) / len(tokens) if tokens else 0.0
+        m["mean_aoa_years"] = mean_aoa(replies, aoa)
+        m["aoa_coverage"] = sum(w in aoa for w in tokens) / len(tokens) if tokens else 0.0
     if cdi is not None:
-        m["cdi_word_share"] = sum(w in cdi for w in tokens) / len(tokens) if tokens else 0.0
+        m["cdi_word_share"] = cdi_share(replies, cdi)
     return m
 
 
@@ -112,23 +114,56 @@ def model_scores(prompts: list[str], replies: list[str], golds: list[str], rm1: 
     return scores
 
 
+def toddler_report_card(prompts: list[Prompt], rounds: list[list[str]], aoa=None, cdi=None, rm1=None, rm2=None,
+                        device: str = "cpu", histogram=None) -> tuple[dict, list[str], Path | None]:
+    """The report card (report_card.py) of the model's replies beside the real children's replies to the same
+    lines, the prompts' gold replies: (model/... and children/... keys, one-line notes on what was skipped,
+    the reply-length PNG when `histogram` names one and matplotlib is installed). The card covers the lines
+    with a gold reply (every line, and no children's card, when none has one). `rounds` holds one reply per
+    prompt per sampling round; each round gets a card and the model's is their mean, so both cards are over as
+    many replies. RM-1 / RM-2 (mean score) when their model directories are given."""
+    lines = [i for i, p in enumerate(prompts) if p.gold] or list(range(len(prompts)))
+    texts = [prompts[i].text for i in lines]
+    golds = [prompts[i].gold for i in lines if prompts[i].gold]
+    per_round = [[replies[i] for i in lines] for replies in rounds]
+    model = mean_card([report_card(texts, replies, aoa, cdi) for replies in per_round])
+    children = report_card(texts, golds, aoa, cdi) if golds else None
+    flat = [r for replies in per_round for r in replies]
+    model.update(model_scores(texts * len(per_round), flat, [""] * len(flat), rm1, rm2, device=device))
+    if children:
+        children.update(model_scores(texts, golds, golds, rm1, rm2, device=device))
+    notes = []
+    if not (rm1 and rm2):
+        skipped = " and ".join(name for name, path in (("RM-1", rm1), ("RM-2", rm2)) if not path)
+        notes.append(f"report card: {skipped} skipped (no --rm1 / --rm2 model directory given)")
+    if not golds:
+        notes.append("report card: no children's column (the prompts carry no real child replies; e.g. --data "
+                     "../shared/data/eval/dialogue-minimal-pairs/dialogue_eval_words.json has them)")
+    png = None
+    if histogram is not None:
+        png, note = length_histogram(histogram, flat, golds)
+        notes += [note] if note else []
+    return side_by_side(model, children), notes, png
+
+
 @torch.no_grad()
 def evaluate_generation(model, tokenizer, prompts: list[Prompt], fmt: str = "chatml", samples: int = 1,
                         max_new_tokens: int = 48, temperature: float = 0.7, top_p: float | None = 0.9,
                         top_k: int | None = None, seed: int = 0, aoa_path=None, cdi_path=None, rm1=None,
                         rm2=None, similarity_model=None, n_examples: int = 10,
-                        device: str = "cpu") -> tuple[dict, list[dict]]:
-    """Sample `samples` replies per prompt and measure them; returns (results, one row per reply)."""
+                        device: str = "cpu", histogram=None) -> tuple[dict, list[dict]]:
+    """Sample `samples` replies per prompt and measure them, with the report card (model/..., children/...
+    keys in the metrics; `histogram`: a PNG path for the reply lengths); returns (results, one row per reply)."""
     fmt = check_format(fmt)
     aoa = read_aoa(aoa_path) if aoa_path else None
     cdi = read_cdi_words(cdi_path) if cdi_path else None
     asked = [p for p in prompts for _ in range(samples)]
-    replies = []
+    rounds = []
     for k in range(samples):
-        replies.append(generate_replies(model, tokenizer, [p.text for p in prompts], fmt,
-                                        max_new_tokens=max_new_tokens, seed=seed + 1_000_003 * k, one_line=True,
-                                        temperature=temperature, top_p=top_p, top_k=top_k))
-    replies = [replies[k][i] for i in range(len(prompts)) for k in range(samples)]
+        rounds.append(generate_replies(model, tokenizer, [p.text for p in prompts], fmt,
+                                       max_new_tokens=max_new_tokens, seed=seed + 1_000_003 * k, one_line=True,
+                                       temperature=temperature, top_p=top_p, top_k=top_k))
+    replies = [rounds[k][i] for i in range(len(prompts)) for k in range(samples)]
     golds = [p.gold for p in asked]
 
     results = {"format": fmt, "n_prompts": len(prompts), "samples_per_prompt": samples,
@@ -140,6 +175,11 @@ def evaluate_generation(model, tokenizer, prompts: list[Prompt], fmt: str = "cha
         results["gold_reference"] = text_metrics([p.gold for p in prompts if p.gold], aoa, cdi)
     results["metrics"].update(model_scores([p.text for p in asked], replies, golds, rm1, rm2,
                                            similarity_model, device))
+    card, results["report_card_notes"], png = toddler_report_card(prompts, rounds, aoa, cdi, rm1, rm2, device,
+                                                                  histogram)
+    results["metrics"].update(card)
+    if png is not None:
+        results["length_histogram"] = str(png)
     rows = [{"prompt": p.text, "reply": r, "gold": p.gold} for p, r in zip(asked, replies)]
     results["examples"] = rows[:n_examples]
     return results, rows
