@@ -64,14 +64,33 @@ def sequence_logprobs(model: ToddlerLM, prefixes: list[list[int]], continuations
     return totals
 
 
+class TargetLogprob(torch.autograd.Function):
+    """(N, V) logits, (N,) targets -> log softmax(logits)[target], and the softmax and log-sum-exp (not
+    differentiable). The softmax is kept for the backward pass, whose gradient is g * (onehot - softmax):
+    one exponential pass serves the log-prob, the entropy and the gradient, where autograd's logsumexp
+    would take another in backward."""
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        lse = logits.logsumexp(-1)
+        probs = (logits - lse[:, None]).exp_()
+        ctx.save_for_backward(probs, targets)
+        ctx.mark_non_differentiable(probs, lse)
+        return logits.gather(-1, targets[:, None]).squeeze(-1) - lse, probs, lse
+
+    @staticmethod
+    def backward(ctx, grad, _probs, _lse):
+        probs, targets = ctx.saved_tensors
+        return (-probs * grad[:, None]).scatter_add_(-1, targets[:, None], grad[:, None]), None
+
+
 def _chunk_logprobs(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor, entropy: bool):
     logits = F.linear(hidden, weight).float()
-    lse = logits.logsumexp(-1)
-    logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - lse
+    logprobs, probs, lse = TargetLogprob.apply(logits, targets)
     if not entropy:
         return logprobs, None
     with torch.no_grad():  # a metric only; the recompute in backward stops before it (checkpoint early stop)
-        ent = lse - (torch.exp(logits - lse[..., None]) * logits).sum(-1)
+        ent = lse - (probs * logits).sum(-1)
     return logprobs, ent
 
 

