@@ -65,32 +65,33 @@ def sequence_logprobs(model: ToddlerLM, prefixes: list[list[int]], continuations
 
 
 class TargetLogprob(torch.autograd.Function):
-    """(N, V) logits, (N,) targets -> log softmax(logits)[target], and the softmax and log-sum-exp (not
+    """(N, V) logits, (N,) targets -> log softmax(logits)[target], and the softmax and log-softmax (not
     differentiable). The softmax is kept for the backward pass, whose gradient is g * (onehot - softmax):
-    one exponential pass serves the log-prob, the entropy and the gradient, where autograd's logsumexp
-    would take another in backward."""
+    one exponential pass serves the entropy and the gradient, where autograd would take another in backward."""
 
     @staticmethod
     def forward(ctx, logits, targets):
-        lse = logits.logsumexp(-1)
-        probs = (logits - lse[:, None]).exp_()
+        logp = logits.log_softmax(-1)
+        probs = logp.exp()
         ctx.save_for_backward(probs, targets)
-        ctx.mark_non_differentiable(probs, lse)
-        return logits.gather(-1, targets[:, None]).squeeze(-1) - lse, probs, lse
+        ctx.mark_non_differentiable(probs, logp)
+        return logp.gather(-1, targets[:, None]).squeeze(-1), probs, logp
 
     @staticmethod
-    def backward(ctx, grad, _probs, _lse):
+    def backward(ctx, grad, _probs, _logp):
         probs, targets = ctx.saved_tensors
         return (-probs * grad[:, None]).scatter_add_(-1, targets[:, None], grad[:, None]), None
 
 
 def _chunk_logprobs(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor, entropy: bool):
     logits = F.linear(hidden, weight).float()
-    logprobs, probs, lse = TargetLogprob.apply(logits, targets)
+    if not (entropy or torch.is_grad_enabled()):  # the reference pass: log-probs alone, no softmax kept
+        return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1), None
+    logprobs, probs, logp = TargetLogprob.apply(logits, targets)
     if not entropy:
         return logprobs, None
     with torch.no_grad():  # a metric only; the recompute in backward stops before it (checkpoint early stop)
-        ent = lse - (probs * logits).sum(-1)
+        ent = -(probs * logp).sum(-1)
     return logprobs, ent
 
 
