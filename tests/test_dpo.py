@@ -24,6 +24,7 @@ from minitoddler.rl.dpo import dpo_loss, pair_logprobs, reply_logprobs
 from minitoddler.rl.prefs import Pref, load_prefs, read_prefs, split_prefs
 from minitoddler.sft import stage_batch
 from minitoddler.tokenizer import load_tokenizer, train_tokenizer
+from stop_after import stop_after
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,26 +189,13 @@ def test_stored_reference_equals_reference_model_in_the_loop(setup, tmp_path, ca
     capsys.readouterr()
 
 
-class StopAfter:
-    """StopFlag stand-in: 'Ctrl-C' arrives during the third step."""
-    reads = 0
-
-    def __init__(self):
-        StopAfter.reads = 0
-
-    @property
-    def requested(self):
-        StopAfter.reads += 1
-        return StopAfter.reads >= 3
-
-
 def test_resume_after_a_signal_equals_an_uninterrupted_run(setup, tmp_path, monkeypatch, capsys):
     torch.set_num_threads(1)
     base, data = setup
     lora = ("--lora-rank", "4", "--lora-dropout", "0.1", "--loss", "ipo", "--steps", "6")
     whole = train_dpo.main(dpo_args(base, data, tmp_path / "whole", *lora))
     with monkeypatch.context() as m:
-        m.setattr(train_dpo, "StopFlag", StopAfter)
+        m.setattr(train_dpo, "StopFlag", stop_after(3))  # Ctrl-C during the third step
         stopped = train_dpo.main(dpo_args(base, data, tmp_path / "split", *lora))
     assert json.loads((stopped / "trainer_state.json").read_text())["step"] == 3
     assert "resume with --resume" in capsys.readouterr().out

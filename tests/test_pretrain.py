@@ -19,6 +19,7 @@ from minitoddler.data.shards import default_shards
 from minitoddler.distributed import plan_batch
 from minitoddler.model import ToddlerLM
 from minitoddler.trainer import NonFiniteLoss, check_finite, lr_at, make_optimizer, set_lr
+from stop_after import stop_after
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,26 +82,12 @@ def test_run_learns_and_exports(shards, tmp_path):
         assert (final / name).is_file()
 
 
-class StopAfter:
-    """Stands in for the Ctrl-C handler: asks to stop once `n` steps have run."""
-    n = 0
-
-    def __init__(self):
-        self.checks = 0
-
-    @property
-    def requested(self):
-        self.checks += 1
-        return self.checks >= StopAfter.n
-
-
 def test_interrupted_and_resumed_equals_uninterrupted(shards, tmp_path, monkeypatch):
     straight = small_run(shards, tmp_path / "straight")
     train_pretrain.main(straight)
 
     interrupted = small_run(shards, tmp_path / "resumed")
-    StopAfter.n = 2  # the flag is read once per step: stop after step 2 of 6
-    monkeypatch.setattr(train_pretrain, "StopFlag", StopAfter)
+    monkeypatch.setattr(train_pretrain, "StopFlag", stop_after(2))  # stop after step 2 of 6
     train_pretrain.main(interrupted)
     state = json.loads((tmp_path / "resumed/checkpoint/trainer_state.json").read_text())
     assert state["step"] == 2

@@ -25,6 +25,7 @@ from minitoddler.data.shards import (TokenLoader, build_shards, count_words, def
 from minitoddler.evals import trajectory
 from minitoddler.evals.trajectory import BABYLM_MARKS, parse_marks, words_label
 from minitoddler.tokenizer import EOT_ID, load_tokenizer
+from stop_after import stop_after
 
 SEED, DEVICE_BATCH, SEQ = 7, 4, 64
 REPO = Path(__file__).resolve().parents[1]
@@ -214,19 +215,6 @@ def test_torchrun_sums_the_words_of_every_process(shards, marks, words_per_step,
             assert (info["step"], info["words_seen"]) == (step, words_per_step[step])
 
 
-class StopAfter:
-    """Stands in for the Ctrl-C handler: asks to stop once `n` steps have run."""
-    n = 0
-
-    def __init__(self):
-        self.checks = 0
-
-    @property
-    def requested(self):
-        self.checks += 1
-        return self.checks >= StopAfter.n
-
-
 def test_resume_crosses_each_mark_once_with_the_same_weights(shards, straight_run, marks, tmp_path, monkeypatch,
                                                             capsys):
     calls = []
@@ -237,8 +225,7 @@ def test_resume_crosses_each_mark_once_with_the_same_weights(shards, straight_ru
         return real(model, run_dir, words, tokenizer_dir, info)
 
     monkeypatch.setattr(train_pretrain, "save_words_checkpoint", counting)
-    monkeypatch.setattr(train_pretrain, "StopFlag", StopAfter)
-    StopAfter.n = 2  # stop after step 2, the step that crosses the first mark
+    monkeypatch.setattr(train_pretrain, "StopFlag", stop_after(2))  # after step 2, which crosses the first mark
     cfg = run_cfg(shards, tmp_path / "resumed", save_at_words=",".join(map(str, marks)))
     train_pretrain.main(cfg)
     first = sorted(marks)[0]
