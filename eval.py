@@ -13,6 +13,8 @@
     python eval.py --model DIR --task generation --data $D/dialogue_eval_words.json --limit 500  # beside the children
     python eval.py --compare runs/eval runs/eval2                       # side by side
     python eval.py --model runs/pre --checkpoints --task zorro --data ...  # each checkpoints/chck_* by words seen
+    python eval.py --model runs/pre --task aoa --data $B/aoa/wordbank_ws_american_english_proportions.csv \
+        --contexts-from prepared/cds               # AoA over the run's checkpoints (or --data cdi_childes.json)
 
 The BabyLM tasks (blimp, supplement, comps, entity_tracking, ewok, wug_adj, wug_past, reading) are scored
 as the official pipeline scores them (`--convention babylm`, their default; docs/evaluation.md), and
@@ -39,7 +41,7 @@ import torch
 from minitoddler.checkpoint import model_from_arg
 from minitoddler.cli import parse_config, run
 from minitoddler.config import PRESETS
-from minitoddler.evals import babylm, trajectory
+from minitoddler.evals import aoa, babylm, trajectory
 from minitoddler.evals.generation import DEFAULT_PROMPTS, evaluate_generation, load_prompts
 from minitoddler.evals.lexical import read_lexical_csv
 from minitoddler.evals.minimal_pairs import (CONVENTIONS, ZORRO_ORDERS, evaluate_pairs, first_per_paradigm,
@@ -49,7 +51,8 @@ from minitoddler.formats import ALIASES, FORMATS
 from minitoddler.precision import pick_device, resolve_dtype
 from minitoddler.tokenizer import load_tokenizer
 
-TASKS = ("zorro", "dialogue", "lexical", "generation") + babylm.TASKS
+TASKS = ("zorro", "dialogue", "lexical", "generation") + babylm.TASKS + ("aoa",)
+BABYLM_TASKS = babylm.TASKS + ("aoa",)  # aoa runs over a pretraining run's checkpoints (minitoddler/evals/aoa.py)
 PAIR_CONVENTIONS = {"zorro", "blimp", "supplement", "dialogue", "lexical"}  # tasks bos / minicons apply to
 
 
@@ -58,7 +61,7 @@ PAIR_CONVENTIONS = {"zorro", "blimp", "supplement", "dialogue", "lexical"}  # ta
 class EvalConfig:
     model: str = ""                # model directory, or a preset name (random weights)
     task: str = "zorro"            # zorro | dialogue | lexical | generation | BabyLM: blimp | supplement | comps |
-                                   # entity_tracking | ewok | wug_adj | wug_past | reading
+                                   # entity_tracking | ewok | wug_adj | wug_past | reading | aoa (--model RUN_DIR)
     data: list = field(default_factory=list)  # files, directories and zips (X.zip or X.zip:FOLDER); generation:
                                               # a prompt file (default: bundled)
     suite: list = field(default_factory=list)  # babylm DIR: every BabyLM task with data in DIR (an evaluation_data
@@ -93,11 +96,14 @@ class EvalConfig:
     compare: list = field(default_factory=list)  # run directories to print side by side (nothing is evaluated)
     checkpoints: bool = False      # --model is a pretraining run: evaluate each of its checkpoints/chck_* (saved by
                                    # --save-at-words), in order of words seen; a table and a plot of the trajectory
+    contexts_from: list = field(default_factory=list)  # aoa: contexts from a prepared corpus (e.g. prepared/cds:
+                                                       # utterance starts before each word) instead of cdi_childes.json
+    contexts_per_word: int = 20    # aoa with --contexts-from: the most frequent contexts kept per word
 
 
 def convention(cfg: EvalConfig) -> str:
     """--convention, or the task's default: babylm for the BabyLM tasks, bos for the others."""
-    return cfg.convention or ("babylm" if cfg.task in babylm.TASKS else "bos")
+    return cfg.convention or ("babylm" if cfg.task in BABYLM_TASKS else "bos")
 
 
 def check(cfg: EvalConfig) -> None:
@@ -111,7 +117,7 @@ def check(cfg: EvalConfig) -> None:
     if cfg.normalize and cfg.task == "generation":
         raise SystemExit("--normalize applies to the minimal-pair tasks (zorro, blimp, dialogue, lexical), "
                          "not to generation")
-    allowed = ({"babylm"} if cfg.task in babylm.TASKS else set()) | \
+    allowed = ({"babylm"} if cfg.task in BABYLM_TASKS else set()) | \
         ({"bos", "minicons"} if cfg.task in PAIR_CONVENTIONS else set())
     if cfg.task != "generation" and convention(cfg) not in allowed:
         raise SystemExit(f"--convention {convention(cfg)} does not apply to the {cfg.task} task "
@@ -132,7 +138,28 @@ def plan(cfg: EvalConfig) -> tuple[list[EvalConfig], dict[str, str]]:
     runs = [dataclasses.replace(cfg, task=task, data=[spec]) for task, spec in present.items()]
     for run_cfg in runs:
         babylm.check_data(run_cfg.task, run_cfg.data, cfg.zip_password)  # a zip's password, before hours of work
+    aoa_data, aoa_missing = aoa.locate(cfg.suite[1], cfg.contexts_from)
+    if aoa_data:
+        aoa.inputs(aoa_data, cfg.contexts_from, cfg.contexts_per_word, cfg.limit)  # bad input fails now
+        runs.append(dataclasses.replace(cfg, task="aoa", data=aoa_data))
+    elif aoa_missing:
+        missing["aoa"] = aoa_missing
     return runs, missing
+
+
+def run_aoa(cfg: EvalConfig, device, in_suite: bool = False) -> list[Path]:
+    """--task aoa: the model's surprisal curves over the checkpoints of the run --model names, and the children's
+    (minitoddler/evals/aoa.py); in a suite on one model (no checkpoints) a note says it was skipped."""
+    if in_suite and not cfg.checkpoints and not (Path(cfg.model) / "checkpoints").is_dir():
+        print("aoa: skipped: it needs a pretraining run with checkpoints/chck_* (--model RUN_DIR --checkpoints)")
+        return []
+    contexts, children, source = aoa.inputs(cfg.data, cfg.contexts_from, cfg.contexts_per_word, cfg.limit)
+    precision = resolve_dtype(cfg.dtype, device)
+    print(f"dtype {precision}")
+    result = aoa.evaluate(cfg.model, contexts, children, device, precision, cfg.tokenizer, cfg.max_tokens, source)
+    written = aoa.save(cfg.out, result)
+    print(aoa.summary(result))
+    return written
 
 
 def run_task(cfg: EvalConfig, model, tokenizer, device) -> tuple[dict, list[dict]]:
@@ -197,10 +224,16 @@ def main(argv=None) -> None:
         print(f"{task}: no data in {cfg.suite[1]} (the official copy: {where})")
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
+    aoa_runs = [r for r in runs if r.task == "aoa"]  # over the run's checkpoints, after the other tasks
+    runs = [r for r in runs if r.task != "aoa"]
+    if not runs:
+        print("wrote " + ", ".join(str(p) for r in aoa_runs for p in run_aoa(r, device)))
+        return
     if cfg.checkpoints:  # a learning trajectory (minitoddler/evals/trajectory.py)
         precision = resolve_dtype(cfg.dtype, device)
         print(f"dtype {precision}")
         written = trajectory.evaluate_checkpoints(cfg, runs, run_task, summary, device, precision)
+        written += [p for r in aoa_runs for p in run_aoa(r, device, in_suite=True)]
         print("wrote " + ", ".join(str(p) for p in written))
         return
     tokenizer_dir = cfg.tokenizer or (cfg.model if Path(cfg.model).is_dir() else "")
@@ -248,6 +281,7 @@ def main(argv=None) -> None:
         print(paper_table(results), end="")
     if results.get("plots_note"):
         print(results["plots_note"])
+    dumps += [p for r in aoa_runs for p in run_aoa(r, device, in_suite=True)]
     print("wrote " + ", ".join(str(p) for p in written + dumps))
 
 

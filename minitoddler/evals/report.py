@@ -27,7 +27,8 @@ TABLE_ROWS = (
     ("AoA", "aoa", "score"), ("(Super)GLUE", "glue", "score"), ("Lexical decision", "lexical", "score"),
     ("Zorro", "zorro", "score"), ("Dialogue minimal pairs", "dialogue", "score"))
 PIPELINE_TASKS = {"blimp", "supplement", "comps", "entity_tracking", "ewok", "wug_adj", "wug_past", "reading"}
-UNITS = {"accuracy": "accuracy %", "spearman": "Spearman's ρ x 100", "delta_r2": "normalised ΔR² x 100"}
+UNITS = {"accuracy": "accuracy %", "spearman": "Spearman's ρ x 100", "delta_r2": "normalised ΔR² x 100",
+         "pearson": "Pearson r"}
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -77,9 +78,14 @@ def pair_section(task: str, r: dict) -> list[str]:
     return lines + [""]
 
 
+def task_result(results: dict, task: str) -> dict | None:
+    """A task's results: under "tasks", or for aoa (scored over a run's checkpoints: aoa.save) at the top level."""
+    return results.get("aoa") if task == "aoa" else results["tasks"].get(task)
+
+
 def table_cell(results: dict, task: str, key: str) -> tuple[str, str]:
     """(metric, score) of one table row; "(bos)" marks a BabyLM task scored under another convention."""
-    r = results["tasks"].get(task)
+    r = task_result(results, task)
     if r is None:
         return "", "–"
     if "metric" not in r:  # a minimal-pair task: macro accuracy as a fraction
@@ -92,7 +98,7 @@ def table_scores(results: dict) -> dict:
     """{row: score} of the rows this run has, for results.json."""
     out = {}
     for row, task, key in TABLE_ROWS:
-        r = results["tasks"].get(task)
+        r = task_result(results, task)
         if r is not None:
             out[row] = r[key] if "metric" in r else 100 * r["macro_accuracy"]
     return out
@@ -155,7 +161,7 @@ def generation_section(r: dict) -> list[str]:
 def render_report(results: dict) -> str:
     lines = [f"# Evaluation of `{results['model']}`", "",
              f"Tokenizer: `{results.get('tokenizer')}`. Updated {results.get('updated', '')}.", ""]
-    if results.get("suite") or PIPELINE_TASKS & set(results["tasks"]):
+    if results.get("suite") or results.get("aoa") or PIPELINE_TASKS & set(results["tasks"]):
         lines += ["## The table", "", paper_table(results)]
         for task, where in results.get("suite", {}).get("missing", {}).items():
             lines.append(f"- {task}: no data in `{results['suite']['dir']}` (the official copy: {where})")
