@@ -118,6 +118,36 @@ class RLConfig:
 PPO_DEFAULTS = dict(batch_prompts=256, generations=1, lr=1.41e-5, warmup_ratio=0.0, grad_clip=0.0)
 
 
+# How far Adam can move the policy per PPO rollout: lr x optimizer steps (ppo_epochs x rows / mini-batch). trl
+# 0.8.6's defaults give 1.41e-5 x 4 x 256 = 0.014. On `tiny` (docs/rl.md) 0.016 learned best; 0.13-0.26 kept
+# clip_frac near 0.5 and the reward lower (the reward peaked, then fell back).
+TRL_PPO_MOVE = 1.41e-5 * 4 * 256
+PPO_MOVE_LIMIT = 0.05
+
+
+def setting_warnings(cfg: RLConfig, policy: ToddlerLM, world_size: int = 1) -> list[str]:
+    """One line for each setting measured to diverge or not to learn (docs/rl.md), with what to use instead;
+    `policy` before LoRA is applied."""
+    lines = []
+    emb = policy.embed_tokens.weight.numel() + (0 if policy.cfg.tie_word_embeddings else policy.lm_head.weight.numel())
+    share = emb / sum(p.numel() for p in policy.parameters())
+    if cfg.lora_rank and share > 0.5:
+        lines.append(f"warning: LoRA leaves the embeddings (and output layer) frozen, and they are {share:.0%} of this "
+                     "model's parameters: on tiny the reward rose 3x (GRPO) to 20x (PPO) more with full fine-tuning "
+                     "(docs/rl.md); use --lora-rank 0")
+    rows = cfg.batch_prompts // world_size * cfg.generations
+    steps = cfg.ppo_epochs * -(-rows // max(1, cfg.mini_batch_size))
+    if cfg.algo == "ppo" and cfg.lr * steps > PPO_MOVE_LIMIT:
+        mb = max(cfg.mini_batch_size, min(8, rows))
+        lr = TRL_PPO_MOVE / (cfg.ppo_epochs * -(-rows // mb))
+        lines.append(f"warning: PPO takes {steps} optimizer steps per rollout ({cfg.ppo_epochs} epochs x {rows} rows / "
+                     f"--mini-batch-size {cfg.mini_batch_size}) at --lr {cfg.lr:g}: lr x steps {cfg.lr * steps:.3g}, "
+                     f"{cfg.lr * steps / TRL_PPO_MOVE:.0f}x trl's defaults; on tiny 0.13-0.26 kept clip_frac near 0.5 "
+                     "and the reward below what 0.016 reached (docs/rl.md); use "
+                     + (f"--mini-batch-size {mb} " if mb != cfg.mini_batch_size else "") + f"--lr {lr:.1g} or lower")
+    return lines
+
+
 def rl_config(algo: str = "grpo", **settings) -> RLConfig:
     """An RLConfig with the defaults of `algo` (GRPO's: the dataclass's; PPO's: PPO_DEFAULTS), then `settings`."""
     return RLConfig(algo=algo, **{**(PPO_DEFAULTS if algo == "ppo" else {}), **settings})
@@ -395,6 +425,8 @@ def main(cfg: RLConfig, reward_spec: str = "length", reward_options: dict | None
     if cfg.max_prompt_len + cfg.max_new_tokens > policy.cfg.max_position_embeddings:
         raise ValueError(f"--max-prompt-len {cfg.max_prompt_len} + --max-new-tokens {cfg.max_new_tokens} exceeds "
                          f"the model's context of {policy.cfg.max_position_embeddings} tokens; lower either")
+    for line in setting_warnings(cfg, policy, ddp.world_size):
+        print0(line)
     tokenizer_dir = setup_tokenizer(cfg, policy, out)
     tokenizer = load_tokenizer(tokenizer_dir, strict=False)
     pad_id = tokenizer.token_to_id("<|pad|>") or 0  # padding is masked out: any id works

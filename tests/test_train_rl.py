@@ -176,6 +176,29 @@ def test_reward_rises(setup, tmp_path, monkeypatch, algo):
     assert last > first + 0.05, rewards
 
 
+def test_settings_measured_not_to_learn_are_warned_up_front(setup, tmp_path, capsys):
+    """Issue 24's run (tiny, LoRA by default, PPO at mini-batch 1 and --lr 1e-3 over 8 x 8 rollouts) hardly moved
+    the reward; its two causes are named before training, each with what to use instead (docs/rl.md), and the
+    documented examples and trl's defaults get no warning."""
+    tiny = ToddlerLM(preset("tiny"))  # vocabulary 8192: the (tied) embeddings are 85% of the parameters
+    issue = train_rl.setting_warnings(train_rl.rl_config("ppo", batch_prompts=8, generations=8, lr=1e-3), tiny)
+    assert len(issue) == 2, issue
+    assert "85% of this model's parameters" in issue[0] and issue[0].endswith("use --lora-rank 0")
+    assert "256 optimizer steps per rollout (4 epochs x 64 rows / --mini-batch-size 1) at --lr 0.001" in issue[1]
+    assert issue[1].endswith("use --mini-batch-size 8 --lr 0.0005 or lower")
+    for algo, kw in [("ppo", dict(batch_prompts=32, mini_batch_size=8, lr=1e-3, lora_rank=0)),  # the examples
+                     ("grpo", dict(batch_prompts=4, generations=8, lr=3e-3, lora_rank=0)),
+                     ("ppo", dict(lora_rank=0))]:                                           # trl's defaults
+        assert train_rl.setting_warnings(train_rl.rl_config(algo, **kw), tiny) == [], (algo, kw)
+    # LoRA where the embeddings are a small share (the fixture's vocabulary of 400: 22%) is not warned about
+    assert train_rl.setting_warnings(train_rl.rl_config("grpo"), load_model(setup["model"])) == []
+    # 2 epochs x 4 rows / mini-batch 1 = 8 steps at --lr 1e-2: 0.08 > 0.05; printed before the first step
+    run(setup, rl_config(setup, tmp_path, "ppo", steps=1, mini_batch_size=1, lr=1e-2, save_every=0))
+    out = capsys.readouterr().out
+    assert "warning: LoRA" not in out
+    assert out.index("warning: PPO takes 8 optimizer steps per rollout") < out.index("done: 1 steps")
+
+
 def test_grpo_on_a_smollm2_directory_written_by_transformers(setup, tmp_path, capsys):
     """SmolLM2-360M-Instruct's config (2 of its 32 layers, to stay fast) with random weights, as transformers
     writes it, and a ChatML tokenizer with SmolLM2's special ids (<|endoftext|> 0, <|im_start|> 1,
