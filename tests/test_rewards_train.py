@@ -11,7 +11,8 @@ import transformers  # test-only: the trained directory must load there too
 
 from minitoddler.rewards import build_reward
 from minitoddler.rewards.bert import load_bert
-from minitoddler.rewards.train import group_split, main, roc_auc
+from minitoddler.rewards.train import group_split, main, pair_accuracy, roc_auc
+from minitoddler.rl.prefs import Pref
 
 TINY = ["--vocab-size", "300", "--scratch-hidden", "32", "--scratch-layers", "1", "--device", "cpu"]
 
@@ -61,6 +62,43 @@ def test_training_learns_a_separable_toy_set(tmp_path):
     ours = load_bert(out)
     assert ours.score(["what is it ?"] * 2, ["more juice", "quarterly invoice"]).tolist() == \
         pytest.approx([1, 0], abs=0.2)
+
+
+def test_pair_accuracy_by_hand():
+    """A stand-in scorer (reply length / 10): the chosen reply wins 2 of 4 pairs; a tie counts as a loss."""
+    class ByLength:
+        def score(self, prompts, replies, batch_size):
+            assert len(prompts) == len(replies)
+            return torch.tensor([len(r) / 10 for r in replies])
+    pairs = [Pref("p", "long reply", "no", ""), Pref("p", "no", "long reply", ""), Pref("p", "abc", "xyz", ""),
+             Pref("q", "three", "two", "")]
+    assert pair_accuracy(ByLength(), pairs, batch_size=2) == 0.5
+
+
+def test_coherence_learns_real_vs_random_pairs_and_keeps_eval_pairs_out(tmp_path, capsys):
+    """Judge-scored rows plus preference pairs (chosen 1, rejected 0): the eval pairs' accuracy rises from
+    below 0.8 to 0.95+, rows that also appear in --eval-pairs are dropped from training, Spearman covers judged rows."""
+    rng, toddler, adult = random.Random(1), ["juice", "ball", "doggie", "more", "mine"], \
+        ["mortgage", "quarterly", "analysis", "regarding", "invoice"]
+    prefs = [{"prompt": f"*MOT: where is {i} ?", "chosen": "*CHI: " + " ".join(rng.choices(toddler, k=2)),
+              "rejected": "*CHI: " + " ".join(rng.choices(adult, k=2))} for i in range(60)]
+    (tmp_path / "prefs.json").write_text(json.dumps(prefs))
+    held = [{"prompt": f"*MOT: what about {i} ?", "chosen": " ".join(rng.choices(toddler, k=3)),
+             "rejected": " ".join(rng.choices(adult, k=3))} for i in range(20)] + prefs[:3]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
+    out = tmp_path / "rm2"
+    info = main(["--kind", "coherence", "--data", str(toy_pairs(tmp_path / "toy.jsonl", n_prompts=20)),
+                 "--prompt-col", "prompt", "--reply-col", "reply", "--label-col", "score",
+                 "--pairs", str(tmp_path / "prefs.json"), "--eval-pairs", str(tmp_path / "eval.jsonl"),
+                 "--init", "scratch", "--out", str(out), "--epochs", "4", "--batch-size", "10", "--lr", "3e-3",
+                 "--val-fraction", "0.25", *TINY])
+    assert "dropped 6 training rows whose caregiver line and reply are in --eval-pairs" in capsys.readouterr().out
+    assert info["train_rows"] + info["val_rows"] == 100 + 2 * 60 - 6
+    assert info["val_before"]["eval_pair_accuracy"] < 0.8 and info["val"]["eval_pair_accuracy"] >= 0.95
+    assert info["val"]["judged_spearman"] > 0.8
+    rows = metrics(out)
+    assert rows[-1]["eval_pair_accuracy"] == info["val"]["eval_pair_accuracy"]
+    assert rows[-1]["val_judged_spearman"] == info["val"]["judged_spearman"]
 
 
 def test_train_coherence_from_scratch_saves_hf_layout(shared_data, tmp_path):

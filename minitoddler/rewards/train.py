@@ -2,7 +2,8 @@
 
     python -m minitoddler.rewards.train --kind childlike --data ../shared/data/childes --init DIR --out runs/rm1
     python -m minitoddler.rewards.train --kind coherence --data ../shared/data/ppo/responses_with_scores.csv \
-        --init DIR --out runs/rm2
+        --pairs ../shared/data/dpo/naturalistic_pairs.json \
+        --eval-pairs ../shared/data/eval/dialogue-minimal-pairs/dialogue_eval_words.json --init DIR --out runs/rm2
 
 --init is a BERT directory (bert-base-uncased as the released models, or a sentence-transformers
 MiniLM; a fresh one-logit head is added when it has none) or `scratch`: a small BERT with a WordPiece
@@ -14,11 +15,17 @@ LR 2e-5, batch 150, max length 96 (32 for RM-1).
 RM-1 trains on target-child utterances (soft labels from age) and adult utterances (label 0), at most
 --adult-ratio adults per child utterance of each transcript (see rewards/childlike.py).
 
+RM-2 trains on judge-scored pairs (score / 5 as a soft label) and, with --pairs, on preference pairs
+(the real child reply labelled 1, a random child utterance 0): judge scores alone never show it a reply
+that belongs to another conversation. --eval-pairs (the dialogue minimal pairs) reports after each epoch
+the share of pairs where the real reply scores higher; training rows that appear there are dropped.
+
 The held-out split is by group, so nothing of it is seen in training: whole transcripts for RM-1, all
 pairs of one caregiver prompt for RM-2 (the original split leaked test rows into training).
 --out receives the model in the Hugging Face layout (loads with `load_bert` and in transformers),
-metrics.jsonl (per-epoch held-out loss / accuracy at 0.5 / Pearson r / MAE, and for RM-1 the ROC AUC
-between children under 3;0 and adults), train_info.json (for RM-1 also the scores of a few probe
+metrics.jsonl (per-epoch held-out loss / accuracy at 0.5 / Pearson r / MAE; for RM-1 the ROC AUC
+between children under 3;0 and adults; for RM-2 Spearman's rho with the held-out judge scores and the
+preference-pair accuracies), train_info.json (for RM-1 also the scores of a few probe
 replies) and score_range.json (min and max score over the training inputs, for RM-2's min-max
 normalisation).
 """
@@ -29,6 +36,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +45,9 @@ import torch.nn.functional as F
 
 from ..checkpoint import atomic_write
 from ..data.prepare import SAMPLE_DIR
+from ..evals.stats import ranks, spearman
 from ..precision import autocast, pick_device
+from ..rl.prefs import Pref, read_prefs
 from ..trainer import MetricsLog, check_finite, clip_and_step, make_optimizer, progress_line, set_lr
 from .bert import Bert, BertConfig, load_bert, save_bert, train_wordpiece
 from .childlike import ADULT_RATIO, PROBES, childes_examples
@@ -80,45 +90,95 @@ def roc_auc(scores, classes: list[int | None]) -> float:
     n1, n0 = int((c == 1).sum()), int((c == 0).sum())
     if n1 == 0 or n0 == 0:
         return float("nan")
-    values, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based average rank of each row
-    return float((ranks[c == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return float((ranks(s)[c == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def evaluate(model: Bert, a: list[str], b: list[str] | None, labels: list[float], batch_size: int,
-             auc_classes: list[int | None] | None = None) -> dict:
-    """Held-out BCE, accuracy of (p > 0.5) against (label > 0.5), Pearson r and mean absolute error,
-    and the ROC AUC between rows of class 1 and class 0 when `auc_classes` is given."""
-    p = model.score(a, b, batch_size=batch_size).double().clamp(1e-7, 1 - 1e-7)
-    y = torch.tensor(labels, dtype=torch.float64)
+def pair_accuracy(model: Bert, pairs: list[Pref], batch_size: int) -> float:
+    """Share of preference pairs whose chosen reply scores strictly higher than the rejected one."""
+    prompts = [p.prompt for p in pairs]
+    chosen = model.score(prompts, [p.chosen for p in pairs], batch_size=batch_size)
+    rejected = model.score(prompts, [p.rejected for p in pairs], batch_size=batch_size)
+    return float((chosen > rejected).double().mean())
+
+
+def evaluate(model: Bert, rows: "Rows", batch_size: int) -> dict:
+    """Held-out BCE, accuracy of (p > 0.5) against (label > 0.5), Pearson r and mean absolute error; the
+    ROC AUC between rows of class 1 and class 0 (RM-1), Spearman's rho over the judge-scored rows (RM-2)."""
+    p = model.score(rows.a, rows.b, batch_size=batch_size).double().clamp(1e-7, 1 - 1e-7)
+    y = torch.tensor(rows.labels, dtype=torch.float64)
     pearson = float(np.corrcoef(p.numpy(), y.numpy())[0, 1]) if len(y) > 1 and p.std() > 0 and y.std() > 0 \
         else float("nan")
     out = {"loss": float(F.binary_cross_entropy(p, y)), "accuracy": float(((p > 0.5) == (y > 0.5)).double().mean()),
            "pearson": pearson, "mae": float((p - y).abs().mean())}
-    if auc_classes is not None:
-        out["auc"] = roc_auc(p.numpy(), auc_classes)
+    if rows.auc_classes is not None:
+        out["auc"] = roc_auc(p.numpy(), rows.auc_classes)
+    if rows.judged is not None and any(rows.judged):
+        judged = np.flatnonzero(rows.judged)
+        out["judged_spearman"] = spearman(p.numpy()[judged], y.numpy()[judged])
     return out
 
 
-def load_data(args) -> tuple[list[str], list[str] | None, list[float], list[str], list[int | None] | None]:
-    """(texts, second texts or None, labels, group of each row, AUC class of each row or None) for --kind."""
-    if args.kind == "childlike":
-        rows = childes_examples(args.data, args.adult_ratio, args.seed)
-        n_adult = sum(rows.adult)
-        child_labels = [y for y, adult in zip(rows.labels, rows.adult) if not adult]
-        if not child_labels:
-            raise SystemExit(f"no target-child utterances with a known age in {' '.join(args.data)}")
-        print(f"{len(child_labels)} child utterances with a known age ({rows.skipped} without age skipped), "
-              f"labels {min(child_labels):.2f}..{max(child_labels):.2f}, mean "
-              f"{sum(child_labels) / len(child_labels):.3f}; {n_adult} adult utterances with label 0 "
-              f"(of {rows.adults_available}; --adult-ratio {args.adult_ratio} per child utterance and transcript)")
-        return rows.texts, None, rows.labels, rows.groups, rows.auc_classes()
+@dataclass
+class Rows:
+    """Training or held-out rows: texts (and second texts of pairs), soft labels, the group each row is
+    split by, and what the held-out metrics need."""
+    a: list[str]
+    b: list[str] | None
+    labels: list[float]
+    groups: list[str]
+    auc_classes: list[int | None] | None = None  # RM-1: 1 child under 3;0, 0 adult, None otherwise
+    judged: list[bool] | None = None             # RM-2: scored by the judge (not from a preference pair)
+
+    def pick(self, idx: list[int]) -> "Rows":
+        def sub(xs):
+            return None if xs is None else [xs[i] for i in idx]
+        return Rows(*(sub(getattr(self, f.name)) for f in fields(self)))
+
+
+def coherence_rows(args, eval_pairs: list[Pref]) -> Rows:
+    """Judge-scored pairs (label score / --label-scale) and --pairs preference pairs (chosen 1, rejected 0),
+    grouped by caregiver line; rows whose (line, reply) is in `eval_pairs` are dropped."""
     if len(args.data) != 1:
         raise SystemExit("--kind coherence takes one --data file (CSV or JSONL of scored pairs)")
     prompts, replies, labels = read_pairs(args.data[0], args.prompt_col, args.reply_col, args.label_col,
                                           args.label_scale)
     print(f"{len(prompts)} scored pairs from {args.data[0]}, mean label {sum(labels) / len(labels):.3f}")
-    return prompts, replies, labels, [prompt_key(p) for p in prompts], None
+    judged = [True] * len(prompts)
+    for path in args.pairs:
+        prefs = read_prefs(path)[0]
+        for p in prefs:
+            prompts += [p.prompt, p.prompt]
+            replies += [p.chosen, p.rejected]
+        labels += [1.0, 0.0] * len(prefs)
+        judged += [False, False] * len(prefs)
+        print(f"{len(prefs)} preference pairs from {path}: the real reply labelled 1, the random one 0")
+    held = {(prompt_key(p.prompt).lower(), prompt_key(r).lower()) for p in eval_pairs for r in (p.chosen, p.rejected)}
+    keep = [i for i, (p, r) in enumerate(zip(prompts, replies))
+            if (prompt_key(p).lower(), prompt_key(r).lower()) not in held]
+    if len(keep) < len(prompts):
+        print(f"dropped {len(prompts) - len(keep)} training rows whose caregiver line and reply are in --eval-pairs")
+    return Rows(prompts, replies, labels, [prompt_key(p) for p in prompts], judged=judged).pick(keep)
+
+
+def prefixed(metrics: dict) -> dict:
+    """Metrics as metrics.jsonl names them: val_ for the held-out rows; eval_ ones are already named."""
+    return {k if k.startswith("eval_") else f"val_{k}": v for k, v in metrics.items()}
+
+
+def load_data(args, eval_pairs: list[Pref]) -> Rows:
+    """The rows of --kind: RM-1's child and adult utterances, or RM-2's scored and preference pairs."""
+    if args.kind == "coherence":
+        return coherence_rows(args, eval_pairs)
+    rows = childes_examples(args.data, args.adult_ratio, args.seed)
+    n_adult = sum(rows.adult)
+    child_labels = [y for y, adult in zip(rows.labels, rows.adult) if not adult]
+    if not child_labels:
+        raise SystemExit(f"no target-child utterances with a known age in {' '.join(args.data)}")
+    print(f"{len(child_labels)} child utterances with a known age ({rows.skipped} without age skipped), "
+          f"labels {min(child_labels):.2f}..{max(child_labels):.2f}, mean "
+          f"{sum(child_labels) / len(child_labels):.3f}; {n_adult} adult utterances with label 0 "
+          f"(of {rows.adults_available}; --adult-ratio {args.adult_ratio} per child utterance and transcript)")
+    return Rows(rows.texts, None, rows.labels, rows.groups, auc_classes=rows.auc_classes())
 
 
 def initial_model(args, texts: list[str]):
@@ -152,19 +212,25 @@ def train(args) -> dict:
     device = pick_device(args.device)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    a, b, labels, groups, classes = load_data(args)
-    train_idx, val_idx = group_split(groups, args.val_fraction, args.seed)
+    eval_pairs = read_prefs(args.eval_pairs)[0] if args.eval_pairs else []
+    data = load_data(args, eval_pairs)
+    train_idx, val_idx = group_split(data.groups, args.val_fraction, args.seed)
     if args.limit:
         train_idx = sorted(random.Random(args.seed).sample(train_idx, min(args.limit, len(train_idx))))
     if not val_idx or not train_idx:
-        raise SystemExit(f"split of {len(groups)} rows left {len(train_idx)} for training and {len(val_idx)} held "
-                         "out; give more data or another --val-fraction")
+        raise SystemExit(f"split of {len(data.groups)} rows left {len(train_idx)} for training and {len(val_idx)} "
+                         "held out; give more data or another --val-fraction")
+    trn, val_rows = data.pick(train_idx), data.pick(val_idx)
+    ta, tb, ty = trn.a, trn.b, trn.labels
+    print(f"split by {'transcript' if args.kind == 'childlike' else 'prompt'}: {len(ta)} train, "
+          f"{len(val_rows.a)} held out")
 
-    def pick(xs, idx):
-        return None if xs is None else [xs[i] for i in idx]
-    ta, tb, ty = pick(a, train_idx), pick(b, train_idx), pick(labels, train_idx)
-    va, vb, vy, vc = pick(a, val_idx), pick(b, val_idx), pick(labels, val_idx), pick(classes, val_idx)
-    print(f"split by {'transcript' if args.kind == 'childlike' else 'prompt'}: {len(ta)} train, {len(va)} held out")
+    def held_out() -> dict:
+        """evaluate() on the held-out rows, and the share of --eval-pairs where the real reply wins."""
+        metrics = evaluate(model, val_rows, args.batch_size)
+        if eval_pairs:
+            metrics["eval_pair_accuracy"] = pair_accuracy(model, eval_pairs, args.batch_size)
+        return metrics
 
     model = initial_model(args, ta + (tb or [])).to(device).train()
     out = Path(args.out)
@@ -177,9 +243,9 @@ def train(args) -> dict:
     warmup = max(1, int(0.1 * total))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{n_params / 1e6:.1f}M parameters on {device}; {args.epochs} epochs x {steps_per_epoch} steps")
-    before = evaluate(model, va, vb, vy, args.batch_size, vc)
+    before = held_out()
     print(f"held out before training: {json.dumps(before)}")
-    log.write(epoch=0, step=0, **{f"val_{k}": v for k, v in before.items()})
+    log.write(epoch=0, step=0, **prefixed(before))
     generator = torch.Generator().manual_seed(args.seed)
     step, t0 = 0, time.time()
     for epoch in range(1, args.epochs + 1):
@@ -203,14 +269,14 @@ def train(args) -> dict:
                 recent = running[-args.log_every:]
                 print(progress_line(step, total, time.time() - t0, (time.time() - t0) / step,
                                     loss=sum(recent) / len(recent), lr=lr), flush=True)
-        val = evaluate(model, va, vb, vy, args.batch_size, vc)
+        val = held_out()
         row = {"epoch": epoch, "step": step, "train_loss": sum(running) / len(running),
-               **{f"val_{k}": v for k, v in val.items()}, "seconds": round(time.time() - t0, 1)}
+               **prefixed(val), "seconds": round(time.time() - t0, 1)}
         log.write(**row)
         print(json.dumps(row))
 
-    info = {"args": vars(args), "train_rows": len(ta), "val_rows": len(va), "val": val, "val_before": before,
-            "val_baseline": save_trained(model, out, ta, tb, ty, vy, args.batch_size),
+    info = {"args": vars(args), "train_rows": len(ta), "val_rows": len(val_rows.a), "val": val, "val_before": before,
+            "val_baseline": save_trained(model, out, ta, tb, ty, val_rows.labels, args.batch_size),
             "seconds": round(time.time() - t0, 1)}
     if args.kind == "childlike":
         info["probes"] = dict(zip(PROBES, model.score(list(PROBES)).tolist()))
@@ -242,6 +308,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help='seed of the split, sampling and initialization')
     ap.add_argument("--device", default="auto", help='auto | cpu | cuda')
     ap.add_argument("--log-every", type=int, default=10, help="print the training loss every N steps")
+    ap.add_argument("--pairs", nargs="*", default=[],
+                    help="coherence: preference-pair files ({prompt, chosen, rejected} JSON/JSONL, e.g. "
+                         "../shared/data/dpo/naturalistic_pairs.json): chosen labelled 1, rejected 0")
+    ap.add_argument("--eval-pairs", default="",
+                    help="coherence: preference pairs to report the share where chosen scores higher, after "
+                         "each epoch (e.g. the dialogue minimal pairs dialogue_eval_words.json); their rows "
+                         "are kept out of training")
     ap.add_argument("--prompt-col", default="Mother Prompt", help='coherence: column of the caregiver line')
     ap.add_argument("--reply-col", default="Child Response", help='coherence: column of the child reply')
     ap.add_argument("--label-col", default="Extracted Score", help='coherence: column of the score')
