@@ -6,6 +6,7 @@
     python eval.py --model DIR --task ewok --data $B/fast_eval/ewok_fast.zip --zip-password PASSWORD
     python eval.py --model DIR --task entity_tracking --data $B/entity_tracking.zip:fast_eval/entity_tracking_fast ...
     python eval.py --model DIR --task blimp --data a.jsonl b.jsonl --convention minicons --out runs/eval2
+    python eval.py --model DIR --task glue --data $B/full_eval/glue_filtered --glue-tasks rte wsc  # fine-tuning
     D=../shared/data/eval/dialogue-minimal-pairs   # words-matched (JSON) and token-matched (CSV) pairs:
     python eval.py --model DIR --task dialogue --data $D/dialogue_eval_words.json $D/tok_pairs_no_overlap_1.csv
     python eval.py --model DIR --task lexical --data pairs.csv        # pairs: python -m minitoddler.evals.lexical
@@ -18,9 +19,11 @@
 
 The BabyLM tasks (blimp, supplement, comps, entity_tracking, ewok, wug_adj, wug_past, reading) are scored
 as the official pipeline scores them (`--convention babylm`, their default; docs/evaluation.md), and
-`--suite babylm DIR` runs every one whose data is in DIR and names the missing ones. Zorro, dialogue and
-lexical pairs are scored by summed log-probability (BOS + sentence; dialogue: the child reply given the
-caregiver line); a pair is right when the good sentence scores strictly higher (ties are wrong).
+`--suite babylm DIR` runs every one whose data is in DIR and names the missing ones. `--task glue`
+fine-tunes a copy of the model on each (Super)GLUE task as the pipeline does (resumable per task in
+--out/glue/); the suite includes it only with --glue-tasks (all, or names): it takes hours for a real
+model on a CPU. Zorro, dialogue and lexical pairs are scored by summed log-probability (BOS + sentence;
+dialogue: the child reply given the caregiver line); a pair is right when the good sentence scores strictly higher (ties are wrong).
 `--convention minicons` (no BOS, first token unscored), with `--bow-correction`, reproduces the
 published procedure (llamalogue). `--normalize` scores the sentences in the cleaned training format
 (lower case, no space before punctuation, CHAT codes removed: "*CHI: I am blue ." -> "*CHI: i am blue."). Each task run adds its results to --out/results.json and rewrites
@@ -41,7 +44,7 @@ import torch
 from minitoddler.checkpoint import model_from_arg
 from minitoddler.cli import parse_config, run
 from minitoddler.config import PRESETS
-from minitoddler.evals import aoa, babylm, trajectory
+from minitoddler.evals import aoa, babylm, glue, trajectory
 from minitoddler.evals.generation import DEFAULT_PROMPTS, evaluate_generation, load_prompts
 from minitoddler.evals.lexical import read_lexical_csv
 from minitoddler.evals.minimal_pairs import (CONVENTIONS, ZORRO_ORDERS, evaluate_pairs, first_per_paradigm,
@@ -51,8 +54,9 @@ from minitoddler.formats import ALIASES, FORMATS
 from minitoddler.precision import pick_device, resolve_dtype
 from minitoddler.tokenizer import load_tokenizer
 
-TASKS = ("zorro", "dialogue", "lexical", "generation") + babylm.TASKS + ("aoa",)
-BABYLM_TASKS = babylm.TASKS + ("aoa",)  # aoa runs over a pretraining run's checkpoints (minitoddler/evals/aoa.py)
+TASKS = ("zorro", "dialogue", "lexical", "generation") + babylm.TASKS + ("glue", "aoa")
+# aoa runs over a pretraining run's checkpoints (minitoddler/evals/aoa.py); glue fine-tunes (evals/glue.py)
+BABYLM_TASKS = babylm.TASKS + ("glue", "aoa")
 PAIR_CONVENTIONS = {"zorro", "blimp", "supplement", "dialogue", "lexical"}  # tasks bos / minicons apply to
 
 
@@ -61,7 +65,8 @@ PAIR_CONVENTIONS = {"zorro", "blimp", "supplement", "dialogue", "lexical"}  # ta
 class EvalConfig:
     model: str = ""                # model directory, or a preset name (random weights)
     task: str = "zorro"            # zorro | dialogue | lexical | generation | BabyLM: blimp | supplement | comps |
-                                   # entity_tracking | ewok | wug_adj | wug_past | reading | aoa (--model RUN_DIR)
+                                   # entity_tracking | ewok | wug_adj | wug_past | reading | glue (fine-tuning) |
+                                   # aoa (--model RUN_DIR)
     data: list = field(default_factory=list)  # files, directories and zips (X.zip or X.zip:FOLDER); generation:
                                               # a prompt file (default: bundled)
     suite: list = field(default_factory=list)  # babylm DIR: every BabyLM task with data in DIR (an evaluation_data
@@ -74,7 +79,8 @@ class EvalConfig:
     normalize: bool = False        # score pairs in the cleaned training format ("I am blue ." -> "i am blue.")
     zorro_order: str = "bad-first"  # bad-first (../shared/data release) | good-first
     csv_split: str = "eval"        # dialogue CSVs: eval (rows 18,000+) | train | all
-    limit: int = 0                 # first N pairs per paradigm or UID (N prompts, N reading rows); 0 = all
+    limit: int = 0                 # first N pairs per paradigm or UID (N prompts, N reading rows, N train and N
+                                   # valid rows per glue task); 0 = all
     max_tokens: int = 0            # padded tokens per forward pass (0 = auto: minimal_pairs.auto_max_tokens)
     save_scores: bool = False      # also write scores_<task>.jsonl (one line per pair)
     format: str = "chatml"         # generation prompt format: chatml | dialogue (*MOT: …\n*CHI:)
@@ -99,6 +105,12 @@ class EvalConfig:
     contexts_from: list = field(default_factory=list)  # aoa: contexts from a prepared corpus (e.g. prepared/cds:
                                                        # utterance starts before each word) instead of cdi_childes.json
     contexts_per_word: int = 20    # aoa with --contexts-from: the most frequent contexts kept per word
+    glue_tasks: list = field(default_factory=list)  # glue: all | boolq mnli mrpc multirc qqp rte wsc (default all);
+                                                    # with --suite, glue runs only when this is given
+    pool: str = "first"            # glue: first (token 0, the pipeline's default; sees nothing else in a causal
+                                   # model) | last (the last real token)
+    epochs: int = 0                # glue: fine-tuning epochs per task; 0 = the pipeline's (10, wsc 30)
+    glue_seed: int = 42            # glue: the seed of each task's fine-tuning (the pipeline's)
 
 
 def convention(cfg: EvalConfig) -> str:
@@ -109,7 +121,8 @@ def convention(cfg: EvalConfig) -> str:
 def check(cfg: EvalConfig) -> None:
     for name, value, allowed in (("task", cfg.task, TASKS), ("convention", convention(cfg), CONVENTIONS + ("babylm",)),
                                  ("zorro-order", cfg.zorro_order, ZORRO_ORDERS), ("format", ALIASES.get(cfg.format, cfg.format), FORMATS),
-                                 ("csv-split", cfg.csv_split, ("eval", "train", "all"))):
+                                 ("csv-split", cfg.csv_split, ("eval", "train", "all")),
+                                 ("pool", cfg.pool, glue.POOLS)):
         if value not in allowed:
             raise SystemExit(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
     if not cfg.model:
@@ -138,6 +151,7 @@ def plan(cfg: EvalConfig) -> tuple[list[EvalConfig], dict[str, str]]:
     runs = [dataclasses.replace(cfg, task=task, data=[spec]) for task, spec in present.items()]
     for run_cfg in runs:
         babylm.check_data(run_cfg.task, run_cfg.data, cfg.zip_password)  # a zip's password, before hours of work
+    runs += plan_glue(cfg, missing)
     aoa_data, aoa_missing = aoa.locate(cfg.suite[1], cfg.contexts_from)
     if aoa_data:
         aoa.inputs(aoa_data, cfg.contexts_from, cfg.contexts_per_word, cfg.limit)  # bad input fails now
@@ -145,6 +159,26 @@ def plan(cfg: EvalConfig) -> tuple[list[EvalConfig], dict[str, str]]:
     elif aoa_missing:
         missing["aoa"] = aoa_missing
     return runs, missing
+
+
+def plan_glue(cfg: EvalConfig, missing: dict[str, str]) -> list[EvalConfig]:
+    """--suite: the glue run when --glue-tasks asks for it (fine-tuning is slow), over the asked tasks whose files
+    are in DIR/glue_filtered (read now: bad input fails before hours of work); the others go to `missing`."""
+    root = Path(cfg.suite[1]) / glue.FOLDER
+    if not cfg.glue_tasks:
+        if root.is_dir():
+            print(f"glue: skipped (fine-tuning, slow): add --glue-tasks all (or names) to run it on {root}")
+        return []
+    present, absent = glue.available(root, glue.resolve_tasks(cfg.glue_tasks))
+    missing.update({f"glue/{task}": where for task, where in absent.items()})
+    if not present:
+        return []
+    glue.read_tasks([root], present, cfg.limit)
+    return [dataclasses.replace(cfg, task="glue", data=[str(root)], glue_tasks=present)]
+
+
+def glue_settings(cfg: EvalConfig) -> glue.Settings:
+    return glue.Settings(epochs=cfg.epochs, pool=cfg.pool, seed=cfg.glue_seed, limit=cfg.limit)
 
 
 def run_aoa(cfg: EvalConfig, device, in_suite: bool = False) -> list[Path]:
@@ -163,6 +197,8 @@ def run_aoa(cfg: EvalConfig, device, in_suite: bool = False) -> list[Path]:
 
 
 def run_task(cfg: EvalConfig, model, tokenizer, device) -> tuple[dict, list[dict]]:
+    if cfg.task == "glue":
+        return glue.evaluate(model, tokenizer, cfg.data, cfg.glue_tasks, glue_settings(cfg), cfg.out)
     if convention(cfg) == "babylm":
         return babylm.evaluate(model, tokenizer, cfg.task, cfg.data, cfg.zip_password, cfg.limit, cfg.max_tokens)
     if cfg.task == "generation":
@@ -200,6 +236,8 @@ def summary(task: str, result: dict, rows: list[dict]) -> str:
                        f"{m[who + '/template_share']:.3f}" for who in ("model", "children") if who + "/distinct_2" in m)
         return (f"generation: {len(rows)} replies, {m['words_per_reply']:.2f} words/reply, "
                 f"MLU {m['mlu_words']:.2f}, TTR {m['type_token_ratio']:.3f}{card}")
+    if task == "glue":
+        return glue.summary(result)
     if metric == "delta_r2":
         return (f"reading: eye tracking {result['eye_tracking']:.2f}, self-paced {result['self_paced']:.2f} "
                 f"(normalised ΔR² x 100; {result['n_words']} words, {result['seconds']:.0f} s)")

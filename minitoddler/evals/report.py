@@ -26,7 +26,7 @@ TABLE_ROWS = (
     ("Wug adjective nominalization", "wug_adj", "score"), ("Wug past tense", "wug_past", "score"),
     ("AoA", "aoa", "score"), ("(Super)GLUE", "glue", "score"), ("Lexical decision", "lexical", "score"),
     ("Zorro", "zorro", "score"), ("Dialogue minimal pairs", "dialogue", "score"))
-PIPELINE_TASKS = {"blimp", "supplement", "comps", "entity_tracking", "ewok", "wug_adj", "wug_past", "reading"}
+PIPELINE_TASKS = {"blimp", "supplement", "comps", "entity_tracking", "ewok", "wug_adj", "wug_past", "reading", "glue"}
 UNITS = {"accuracy": "accuracy %", "spearman": "Spearman's ρ x 100", "delta_r2": "normalised ΔR² x 100",
          "pearson": "Pearson r"}
 
@@ -144,6 +144,19 @@ def babylm_section(task: str, r: dict) -> list[str]:
     return lines + [""]
 
 
+def glue_section(r: dict) -> list[str]:
+    """(Super)GLUE: each task's best epoch on valid, as the pipeline fine-tunes and selects it."""
+    lines = ["## glue", "", f"**(Super)GLUE {r['score']:.2f}** (mean best-epoch valid accuracy % over "
+             f"{len(r['subtasks'])} tasks), fine-tuned as the official BabyLM 2025 pipeline does; pooling "
+             f"`{r['pool']}`.", "", "| task | train rows | valid rows | best epoch | accuracy % | F1 % |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for task, t in r["subtasks"].items():
+        f1 = f"{100 * t['metrics']['f1']:.2f}" if t["select_by"] == "f1" else "–"  # the pipeline reports F1 there
+        lines.append(f"| {task} | {t['n_train']} | {t['n_valid']} | {t['best_epoch']} | "
+                     f"{100 * t['accuracy']:.2f} | {f1} |")
+    return lines + [""]
+
+
 def generation_section(r: dict) -> list[str]:
     gold = r.get("gold_reference", {})
     lines = ["## generation", "",
@@ -169,6 +182,8 @@ def render_report(results: dict) -> str:
     for task, r in results["tasks"].items():
         if task == "generation":
             lines += generation_section(r)
+        elif task == "glue":
+            lines += glue_section(r)
         else:
             lines += babylm_section(task, r) if "metric" in r else pair_section(task, r)
     if results.get("plots_note"):
