@@ -3,12 +3,10 @@ scipy.optimize.curve_fit as the BabyLM pipeline calls it (../shared/data/babylm/
 by hand, the surprisals against transformers' Llama and tokenizer scoring one text at a time as the pipeline's
 `AoA_word/evaluation_functions.py` does, the readers on small files in the official formats, a tiny run with 3
 checkpoints end to end (alone and in --suite babylm), and bad input ending in one line with status 2."""
-import importlib.util
 import json
 import math
 import re
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,13 +18,9 @@ from minitoddler.config import ModelConfig
 from minitoddler.evals import aoa, trajectory
 from minitoddler.model import ToddlerLM
 from minitoddler.tokenizer import load_tokenizer, train_tokenizer
+from scripts import load_script
 
-REPO = Path(__file__).resolve().parents[1]
-if "eval_script" not in sys.modules:
-    spec = importlib.util.spec_from_file_location("eval_script", REPO / "eval.py")
-    sys.modules["eval_script"] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
-    spec.loader.exec_module(sys.modules["eval_script"])
-eval_script = sys.modules["eval_script"]
+eval_script = load_script("eval")
 MARKS = [n * 10**6 for n in range(1, 10)] + [n * 10**7 for n in range(1, 11)]  # BabyLM strict-small
 AGES = np.arange(16, 31)
 # The run's words, how often the training text holds each (so the model learns them in this order), and the

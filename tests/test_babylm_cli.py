@@ -1,30 +1,20 @@
 """eval.py with the BabyLM tasks: --suite babylm on a small copy of the official layout (the table in
 results.json, report.md and --compare), the conventions each task takes, and bad input ending in one line
 that names the file, with exit status 2."""
-import importlib.util
 import json
 import shutil
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
-import torch
 
 from minitoddler import cli
-from minitoddler.checkpoint import save_model
-from minitoddler.config import ModelConfig
 from minitoddler.evals.report import TABLE_ROWS
-from minitoddler.model import ToddlerLM
-from minitoddler.tokenizer import load_tokenizer, train_tokenizer
+from scripts import REPO, load_script
+from tiny_chat_model import random_lm_dir
 
-REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "BabyLM2025"
-if "eval_script" not in sys.modules:
-    spec = importlib.util.spec_from_file_location("eval_script", REPO / "eval.py")
-    sys.modules["eval_script"] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
-    spec.loader.exec_module(sys.modules["eval_script"])
-eval_script = sys.modules["eval_script"]
+eval_script = load_script("eval")
 
 
 def run(*args):
@@ -56,15 +46,7 @@ def layout(shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(layout, tmp_path_factory):
     texts = [line for f in layout.rglob("*.jsonl") for line in f.read_text().splitlines()]
-    tok_dir = tmp_path_factory.mktemp("tok")
-    train_tokenizer(texts * 2, tok_dir, vocab_size=400)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=load_tokenizer(tok_dir).get_vocab_size(), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=128, bos_token_id=0, eos_token_id=0)
-    out = tmp_path_factory.mktemp("model")
-    save_model(ToddlerLM(cfg), out, tokenizer=tok_dir)
-    return out
+    return random_lm_dir(texts * 2, tmp_path_factory.mktemp("lm"), 128, 400, bos_token_id=0, eos_token_id=0)
 
 
 def test_suite_fills_the_table(layout, model_dir, tmp_path, capsys):

@@ -2,8 +2,6 @@
 accumulate in one run directory, --compare prints runs side by side, bad input fails clearly."""
 import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,12 +11,9 @@ from minitoddler.config import ModelConfig
 from minitoddler.evals.report import compare_runs, render_report
 from minitoddler.model import ToddlerLM
 from minitoddler.tokenizer import load_tokenizer, train_tokenizer
+from scripts import load_script
 
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("eval_script", REPO / "eval.py")
-eval_script = importlib.util.module_from_spec(spec)
-sys.modules["eval_script"] = eval_script  # dataclasses look their module up while the file executes
-spec.loader.exec_module(eval_script)
+eval_script = load_script("eval")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 the official files, pair encoding against transformers, the head and its pooling on a padded batch, the
 learning-rate schedule against transformers', a toy task that is learnt with the best epoch kept, resuming
 after an interruption to the same result, and bad input ending in one line with status 2."""
-import importlib.util
 import json
 import math
 import sys
@@ -12,18 +11,14 @@ import pytest
 import torch
 
 from minitoddler import cli
-from minitoddler.checkpoint import save_model
 from minitoddler.config import ModelConfig
 from minitoddler.evals import glue
 from minitoddler.model import ToddlerLM
-from minitoddler.tokenizer import load_tokenizer, train_tokenizer
+from minitoddler.tokenizer import load_tokenizer
+from scripts import load_script
+from tiny_chat_model import random_lm_dir
 
-REPO = Path(__file__).resolve().parents[1]
-if "eval_script" not in sys.modules:
-    spec = importlib.util.spec_from_file_location("eval_script", REPO / "eval.py")
-    sys.modules["eval_script"] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
-    spec.loader.exec_module(sys.modules["eval_script"])
-eval_script = sys.modules["eval_script"]
+eval_script = load_script("eval")
 WORDS = "the cat dog sat ran on a mat log big small red".split()
 
 
@@ -63,15 +58,7 @@ def toy_dir(tmp_path_factory) -> Path:
 def model_dir(glue_dir, toy_dir, tmp_path_factory) -> Path:
     texts = [r["sentence1"] + " " + r["sentence2"] for r in toy_rows(64, 0)]
     texts += (glue_dir / "rte.valid.jsonl").read_text().splitlines()[:40]
-    tok_dir = tmp_path_factory.mktemp("tok")
-    train_tokenizer(texts * 2, tok_dir, vocab_size=400)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=load_tokenizer(tok_dir).get_vocab_size(), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
-    out = tmp_path_factory.mktemp("model")
-    save_model(ToddlerLM(cfg), out, tokenizer=tok_dir)
-    return out
+    return random_lm_dir(texts * 2, tmp_path_factory.mktemp("lm"), 64, 400, bos_token_id=0, eos_token_id=0)
 
 
 def test_readers_on_the_official_files(glue_dir, model_dir):

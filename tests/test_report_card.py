@@ -5,15 +5,14 @@ import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from minitoddler.evals import report_card as rc
 from minitoddler.evals.generation import Prompt, toddler_report_card
+from scripts import load_script
 
-REPO = Path(__file__).resolve().parents[1]
 
 PROMPTS = ["do you want juice ?", "is it your juice ?", "what's that ?", "who is that ?", "where is the doggie ?",
            "do you want juice ?"]
@@ -135,10 +134,7 @@ def test_rewards_on_both_cards(tmp_path):
 def test_eval_generation_end_to_end(shared_data, tmp_path, capsys):
     from tiny_chat_model import make_model_dir
 
-    spec = importlib.util.spec_from_file_location("eval_script", REPO / "eval.py")
-    eval_script = importlib.util.module_from_spec(spec)
-    sys.modules["eval_script"] = eval_script  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(eval_script)
+    eval_script = load_script("eval")
     model_dir = make_model_dir(shared_data, tmp_path / "m")
     pairs = shared_data / "eval" / "dialogue-minimal-pairs" / "dialogue_eval_words.json"
     out = tmp_path / "run"

@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 from ..checkpoint import atomic_write
 from ..train_state import find_checkpoint, load_checkpoint, save_checkpoint
 from ..trainer import progress_line, set_lr
+from .minimal_pairs import jsonl_items
 from .shared_prefix import positions_up_to
 from .sources import OSF
 
@@ -134,15 +135,9 @@ def _example(row, task: str, where: str) -> Example:
 def read_examples(path, task: str, limit: int = 0) -> list[Example]:
     """The (first text, second text, label) rows of a `task` jsonl file, as the pipeline builds them."""
     path, examples = Path(path), []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, row in jsonl_items(path.read_text(encoding="utf-8"), str(path)):
         if limit and len(examples) == limit:
             break
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
         examples.append(_example(row, task, f"{path}:{n}"))
     if not examples:
         raise ValueError(f"{path}: empty (no {task} rows)")
