@@ -1,6 +1,7 @@
 """demo.py, the README's main command, at an even smaller size: every stage runs and writes its output, the
 printout holds the side-by-side replies and the table, the table's Zorro accuracy matches a naive scorer,
-a rerun skips every stage, other settings for a finished stage are refused; the bundled minimal-pair
+a rerun skips every stage, other settings for a finished training stage are refused (the evaluation
+runs again); the bundled minimal-pair
 sample is a faithful subset of the released benchmarks; pyproject.toml's test extra is requirements-dev.txt."""
 import json
 import re
@@ -51,9 +52,11 @@ def test_printout_and_table(run, tmp_path, capsys):
     assert text.count("caregiver:   ") == 2 and text.count("the real child said:") == 2
     for label in ("after pretraining", "after SFT", "after GRPO"):
         assert text.count(f"  {label}:") == 2
-        assert re.search(rf"^{label} +\d+\.\d{{3}} +-?\d+\.\d{{3}} +\d+\.\d +\d+\.\d{{3}} +\d+\.\d{{3}} +\d+\.\d% "
-                         rf"+\d+\.\d%$", text, re.M), label
+        assert re.search(rf"^{label} +\d+\.\d{{3}} +-?\d+\.\d{{3}} +-?\d+\.\d{{3}} +\d+\.\d +\d+\.\d{{3}} "
+                         rf"+\d+\.\d{{3}} +\d+\.\d% +\d+\.\d%$", text, re.M), label
     assert f"written under {out}/" in text
+    why = "Why the replies hardly depend on the caregiver line"
+    assert (results["table"]["sft"]["line_gain"] < 0.1) == (why in text)
     # words per reply of the real children, counted here by hand
     child = results["replies"]["child"]
     words = sum(len(re.findall(r"[a-z0-9]+(?:'[a-z]+)*", r.lower())) for r in child) / len(child)
@@ -92,6 +95,11 @@ def test_rerun_skips_and_other_settings_are_refused(run, capsys):
     assert final.stat().st_mtime_ns == before and again == results
     with pytest.raises(SystemExit, match="stage 'sft' .* finished with other settings.*another --out"):
         demo.main(demo.DemoConfig(**{**vars(cfg), "sft_stages": "1:1e-3:0.1"}))
+    capsys.readouterr()
+    fewer = demo.main(demo.DemoConfig(**{**vars(cfg), "show": 1}))  # the evaluation alone runs again
+    text = capsys.readouterr().out
+    assert text.count("-- done already") == 7 and "[8/8] evaluate: finished in" in text
+    assert len(fewer["shown"]) == 1 and fewer["table"] == results["table"]
 
 
 def test_bundled_sample_is_a_subset_of_the_releases(shared_data):
