@@ -67,13 +67,15 @@ def test_aoa_and_cdi_by_hand():
     assert rc.mean_aoa(REPLIES, AOA) == pytest.approx((2 + 3 + 4 + 4 + 2.5 + 2.5 + 2.5 + 2 + 3 + 4) / 10)
     assert rc.mean_aoa(["no"], AOA) is None
     assert rc.cdi_share(REPLIES, CDI) == (3 + 2 + 3) / 12  # juice x3, no x2, doggie x3
+    assert rc.unrated_share(REPLIES, AOA) == 2 / 12  # "no" twice
+    assert rc.unrated_share(["ces talk .", ""], {"talk": 3.0}) == 1 / 2 and rc.unrated_share([""], AOA) == 0.0
 
 
 def test_the_card_and_its_keys():
     card = rc.report_card(PROMPTS, REPLIES, AOA, CDI)
     assert card == {"n_replies": 6, "words_per_reply": 12 / 6, "mlu_words": 12 / 7, "type_token_ratio": 5 / 12,
                     "distinct_1": 5 / 12, "distinct_2": 5 / 7, "template_share": 1.0, "echo_rate": 7 / 12,
-                    "mean_aoa_years": pytest.approx(29.5 / 10), "cdi_word_share": 8 / 12,
+                    "mean_aoa_years": pytest.approx(29.5 / 10), "unrated_word_share": 2 / 12, "cdi_word_share": 8 / 12,
                     "empty_or_unfinished_share": 3 / 6}
     assert "mean_aoa_years" not in rc.report_card(PROMPTS, REPLIES)
     assert rc.mean_card([{"a": 1.0, "b": None, "n": 4}, {"a": 3.0, "b": 2.0, "n": 4}]) == {"a": (1 + 3) / 2, "b": 2.0,
@@ -147,7 +149,8 @@ def test_eval_generation_end_to_end(shared_data, tmp_path, capsys):
     result = json.loads((out / "results.json").read_text())["tasks"]["generation"]
     m = result["metrics"]
     names = ("n_replies", "words_per_reply", "mlu_words", "type_token_ratio", "distinct_1", "distinct_2",
-             "template_share", "echo_rate", "mean_aoa_years", "cdi_word_share", "empty_or_unfinished_share")
+             "template_share", "echo_rate", "mean_aoa_years", "unrated_word_share", "cdi_word_share",
+             "empty_or_unfinished_share")
     for who in ("model", "children"):
         for name in names:
             assert math.isfinite(m[f"{who}/{name}"]), f"{who}/{name}"

@@ -11,7 +11,8 @@ replies and for the children's, so the children's card is the target:
 - type/token ratio, distinct-1 and distinct-2 (distinct n-grams / all n-grams, n-grams inside each reply)
 - template share: the share of replies that are one of the five most frequent replies
 - echo rate: the share of reply words that repeat a word of the caregiver line answered
-- mean age of acquisition (Kuperman norms, years) and CDI share of the words used
+- mean age of acquisition (Kuperman norms, years) and CDI share of the words used; the unrated share,
+  reply words the norms (~31k English words) do not rate: RL on RM-1 can drift to fragments ("ces talk.")
 - empty or unfinished share: replies with no word, or not ending in . ! ? (cut off by the token limit)
 
 Words are `words.words` (lower-case letters with inner apostrophes). The set measures (type/token ratio,
@@ -90,6 +91,13 @@ def mean_aoa(replies: list[str], aoa: dict[str, float]) -> float | None:
     return sum(rated) / len(rated) if rated else None
 
 
+def unrated_share(replies: list[str], aoa: dict[str, float]) -> float:
+    """Share of the reply words (each use counts) that the AoA norms do not rate: rare words, child forms
+    and word fragments that are not English words."""
+    tokens = [w for r in replies for w in words(r)]
+    return sum(w not in aoa for w in tokens) / len(tokens) if tokens else 0.0
+
+
 def cdi_share(replies: list[str], cdi: set[str]) -> float:
     """Share of the reply words that are on the CDI word list (each use counts)."""
     tokens = [w for r in replies for w in words(r)]
@@ -105,6 +113,7 @@ def report_card(prompts: list[str], replies: list[str], aoa: dict[str, float] | 
             "echo_rate": echo_rate(prompts, replies)}
     if aoa is not None:
         card["mean_aoa_years"] = mean_aoa(replies, aoa)
+        card["unrated_word_share"] = unrated_share(replies, aoa)
     if cdi is not None:
         card["cdi_word_share"] = cdi_share(replies, cdi)
     card["empty_or_unfinished_share"] = empty_or_unfinished_share(replies)
