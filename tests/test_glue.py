@@ -70,7 +70,8 @@ def test_readers_on_the_official_files(glue_dir, model_dir):
     wsc = json.loads((glue_dir / "wsc.valid.jsonl").read_text().splitlines()[0])
     first = glue.read_examples(glue_dir / "wsc.valid.jsonl", "wsc", limit=1)
     assert first == [glue.Example(f'Does "{wsc["span2_text"]}" refer to "{wsc["span1_text"]}" in this passage?',
-                                  wsc["text"], wsc["label"])] and first[0].first == 'Does "he" refer to "Joe" in this passage?'
+                                  wsc["text"], wsc["label"])]
+    assert first[0].first == 'Does "he" refer to "Joe" in this passage?'
     mrc = json.loads((glue_dir / "multirc.valid.jsonl").read_text().splitlines()[2])
     x = glue.read_examples(glue_dir / "multirc.valid.jsonl", "multirc", limit=3)[2]
     assert (x.first, x.second) == (f"Question: {mrc['question']} Answer: {mrc['answer']}", mrc["paragraph"])
@@ -88,12 +89,14 @@ def test_readers_on_the_official_files(glue_dir, model_dir):
 def test_head_and_pooling_on_a_padded_batch(model_dir):
     hidden = torch.arange(3 * 5 * 2, dtype=torch.float32).view(3, 5, 2)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
-    assert glue.pool(hidden, mask, "first").tolist() == [hidden[0, 0].tolist(), hidden[1, 0].tolist(), hidden[2, 0].tolist()]
-    assert glue.pool(hidden, mask, "last").tolist() == [hidden[0, 2].tolist(), hidden[1, 4].tolist(), hidden[2, 0].tolist()]
+    assert glue.pool(hidden, mask, "first").tolist() == [hidden[i, 0].tolist() for i in range(3)]
+    assert glue.pool(hidden, mask, "last").tolist() == [hidden[0, 2].tolist(), hidden[1, 4].tolist(),
+                                                        hidden[2, 0].tolist()]
     head = glue.ClassifierHead(8, 3)
     kinds = [type(m).__name__ for m in head.nonlinearity]
     assert kinds == ["LayerNorm", "Linear", "GELU", "LayerNorm", "Dropout", "Linear"]
-    assert head.nonlinearity[0].weight is None and head.nonlinearity[4].p == 0.1 and head(torch.randn(4, 8)).shape == (4, 3)
+    assert head.nonlinearity[0].weight is None and head.nonlinearity[4].p == 0.1
+    assert head(torch.randn(4, 8)).shape == (4, 3)
     # on the model: a padded row's logits are those of the row alone, for either pooling
     lm = ToddlerLM(ModelConfig.load(model_dir / "config.json"))
     seqs = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
@@ -115,7 +118,8 @@ def test_lr_schedule_is_the_pipelines():
         opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=3e-5)
         sched = get_cosine_with_min_lr_schedule_with_warmup(opt, warmup, total, min_lr_rate=0.1)
         for step in range(total + 1):  # the lr of the optimizer's step `step`
-            assert 3e-5 * glue.lr_factor(step, warmup, total) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15)
+            lr = opt.param_groups[0]["lr"]
+            assert 3e-5 * glue.lr_factor(step, warmup, total) == pytest.approx(lr, rel=1e-9, abs=1e-15)
             opt.step()
             sched.step()
 
@@ -177,7 +181,8 @@ def test_resume_gives_the_uninterrupted_result(model_dir, toy_dir, tmp_path, mon
 
 def test_eval_cli_and_suite(model_dir, toy_dir, glue_dir, shared_data, tmp_path, capsys):
     args = ["--model", model_dir, "--device", "cpu", "--epochs", 1, "--limit", 32]
-    eval_script.main([str(a) for a in [*args, "--task", "glue", "--glue-tasks", "rte", "--data", toy_dir, "--out", tmp_path / "o"]])
+    eval_script.main([str(a) for a in [*args, "--task", "glue", "--glue-tasks", "rte", "--data", toy_dir,
+                                       "--out", tmp_path / "o"]])
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert results["table"]["(Super)GLUE"] == results["tasks"]["glue"]["score"]
     assert "glue: (Super)GLUE score" in capsys.readouterr().out
