@@ -75,11 +75,7 @@ def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, te
     B = len(prompts)
     if copies < 1:
         raise ValueError(f"copies must be at least 1, got {copies}")
-    ids = torch.full((B, longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, longest), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, longest - len(p):] = torch.tensor(p)
-        mask[i, longest - len(p):] = 1
+    ids, mask = left_padded(prompts, pad_id)
     padded = bool((mask == 0).any())  # read on the host, then one copy each to the device
     ids, mask = ids.to(device), mask.to(device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
@@ -133,12 +129,25 @@ def generate(model: ToddlerLM, prompts: list[list[int]], max_new_tokens: int, te
             logits = model(token[:, None], attention_mask=mask if padded else None,
                            position_ids=positions, cache=cache)[:, -1]
     model.train(was_training)
+    return [cut_after_stop(row, stop_ids) for row in out[:, :n].tolist()]
 
-    completions = []
-    for row in out[:, :n].tolist():
-        end = next((j + 1 for j, t in enumerate(row) if t in stop_ids), len(row))
-        completions.append(row[:end])
-    return completions
+
+def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), both (B, longest): each prompt right-aligned, so every row's next token goes
+    in the same column."""
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, longest - len(p):] = torch.tensor(p)
+        mask[i, longest - len(p):] = 1
+    return ids, mask
+
+
+def cut_after_stop(tokens: list[int], stop_ids) -> list[int]:
+    """The tokens up to and including the first stop token (all of them when there is none)."""
+    end = next((j + 1 for j, t in enumerate(tokens) if t in stop_ids), len(tokens))
+    return tokens[:end]
 
 
 def decode_step(model: ToddlerLM, token: torch.Tensor, positions: torch.Tensor, column: torch.Tensor,
