@@ -136,10 +136,13 @@ def setting_warnings(cfg: RLConfig, policy: ToddlerLM, world_size: int = 1) -> l
                      "model's parameters: on tiny the reward rose 3x (GRPO) to 20x (PPO) more with full fine-tuning "
                      "(docs/rl.md); use --lora-rank 0")
     rows = cfg.batch_prompts // world_size * cfg.generations
-    steps = cfg.ppo_epochs * -(-rows // max(1, cfg.mini_batch_size))
+
+    def steps_per_rollout(mini_batch: int) -> int:
+        return cfg.ppo_epochs * -(-rows // max(1, mini_batch))  # ceil(rows / mini_batch) per epoch
+    steps = steps_per_rollout(cfg.mini_batch_size)
     if cfg.algo == "ppo" and cfg.lr * steps > PPO_MOVE_LIMIT:
         mb = max(cfg.mini_batch_size, min(8, rows))
-        lr = TRL_PPO_MOVE / (cfg.ppo_epochs * -(-rows // mb))
+        lr = TRL_PPO_MOVE / steps_per_rollout(mb)
         lines.append(f"warning: PPO takes {steps} optimizer steps per rollout ({cfg.ppo_epochs} epochs x {rows} rows / "
                      f"--mini-batch-size {cfg.mini_batch_size}) at --lr {cfg.lr:g}: lr x steps {cfg.lr * steps:.3g}, "
                      f"{cfg.lr * steps / TRL_PPO_MOVE:.0f}x trl's defaults; on tiny 0.13-0.26 kept clip_frac near 0.5 "
