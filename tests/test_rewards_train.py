@@ -11,7 +11,7 @@ import transformers  # test-only: the trained directory must load there too
 
 from minitoddler.rewards import build_reward
 from minitoddler.rewards.bert import load_bert
-from minitoddler.rewards.train import group_split, main, pair_accuracy, roc_auc
+from minitoddler.rewards.train import Rows, evaluate, group_split, main, pair_accuracy, roc_auc
 from minitoddler.rl.prefs import Pref
 
 TINY = ["--vocab-size", "300", "--scratch-hidden", "32", "--scratch-layers", "1", "--device", "cpu"]
@@ -73,6 +73,17 @@ def test_pair_accuracy_by_hand():
     pairs = [Pref("p", "long reply", "no", ""), Pref("p", "no", "long reply", ""), Pref("p", "abc", "xyz", ""),
              Pref("q", "three", "two", "")]
     assert pair_accuracy(ByLength(), pairs, batch_size=2) == 0.5
+
+
+def test_judged_spearman_covers_the_judged_rows_only():
+    """Judged rows whose scores follow their labels exactly (rho 1 by hand), beside two pair rows scored
+    the wrong way round: over the judged rows alone rho is 1; over all five it would not be."""
+    class Fixed:
+        def score(self, a, b, batch_size):
+            return torch.tensor([0.1, 0.5, 0.9, 0.2, 0.95])
+    rows = Rows(["p"] * 5, ["r"] * 5, [0.2, 0.6, 1.0, 1.0, 0.0], ["g"] * 5, judged=[True, True, True, False, False])
+    assert evaluate(Fixed(), rows, batch_size=5)["judged_spearman"] == pytest.approx(1.0)
+    assert "judged_spearman" not in evaluate(Fixed(), Rows(["p"] * 5, ["r"] * 5, rows.labels, rows.groups), 5)
 
 
 def test_coherence_learns_real_vs_random_pairs_and_keeps_eval_pairs_out(tmp_path, capsys):
