@@ -4,6 +4,7 @@ a rerun skips every stage, other settings for a finished training stage are refu
 runs again); the bundled minimal-pair
 sample is a faithful subset of the released benchmarks; pyproject.toml's test extra is requirements-dev.txt."""
 import json
+import random
 import re
 import tomllib
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 import demo
 from minitoddler.checkpoint import load_model
 from minitoddler.evals.minimal_pairs import read_zorro
+from minitoddler.formats import render_exchange
 from minitoddler.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +67,32 @@ def test_printout_and_table(run, tmp_path, capsys):
                 for i in range(len(w) - 1)}
     pairs = sum(max(0, len(re.findall(r"[a-z]+(?:'[a-z]+)*", r.lower())) - 1) for r in child)
     assert results["table"]["child"]["distinct_2"] == pytest.approx(len(distinct) / pairs)
+
+
+def test_line_gain_matches_a_naive_scorer(run):
+    """The SFT model's line gain, pair by pair: summed -log p of each real reply's tokens after its own
+    caregiver line and after the shuffled one (demo's seeded order), per reply token."""
+    cfg, out, results = run
+    model = load_model(out / "sft" / "final").eval()
+    tok = load_tokenizer(out / "sft" / "final", strict=False)
+    test = [json.loads(line) for line in (out / "data" / "pairs" / "test.jsonl").read_text().splitlines()]
+    test = test[:cfg.eval_lines]
+    order = list(range(len(test)))
+    random.Random(cfg.seed).shuffle(order)
+
+    def loss_per_token(prompts):
+        total = count = 0
+        for prompt, row in zip(prompts, test):
+            ids, mask = render_exchange(tok, prompt, row["response"], "chatml")
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([ids]))[0].float(), -1)
+            total -= sum(lp[t - 1, ids[t]].item() for t in range(1, len(ids)) if mask[t])
+            count += sum(mask[1:])
+        return total / count
+    own = loss_per_token([r["prompt"] for r in test])
+    assert results["table"]["sft"]["val_loss"] == pytest.approx(own, abs=1e-4)
+    shuffled = loss_per_token([test[j]["prompt"] for j in order])
+    assert results["table"]["sft"]["line_gain"] == pytest.approx(shuffled - own, abs=1e-4)
 
 
 def test_zorro_accuracy_matches_a_naive_scorer(run):
