@@ -30,8 +30,11 @@ def written(out: Path, lora: LoraConfig | None) -> str:
 
 
 def end_run() -> None:
-    """What every script does last: leave the process group (under torchrun)."""
+    """What every script does last: leave the process group (under torchrun), together: the others wait
+    until the main process has written its last files, so that no process tears gloo down while a peer
+    still works (a process leaving early can abort at exit)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

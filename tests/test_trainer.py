@@ -104,10 +104,23 @@ def test_stop_on_nonfinite_names_the_last_good_checkpoint(tmp_path):
             raise KeyError("x")
 
 
+def torchrun_two(script, log_dir, *args):
+    """Run `script` as two gloo processes under torchrun; on failure, show what each process itself wrote
+    (torchrun's own summary names only the signal)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                           "--log-dir", str(log_dir), "--redirects", "3", str(script), *args],
+                          env=env, capture_output=True, text=True, timeout=120)
+    own = "".join(f"\n--- {f.relative_to(log_dir)}:\n{f.read_text()[-1500:]}"
+                  for f in sorted(log_dir.rglob("std*.log")) if f.stat().st_size)
+    assert done.returncode == 0, done.stderr[-1000:] + own
+
+
 DDP_SCRIPT = '''
 import os, signal, sys, torch
 sys.path.insert(0, {repo!r})
 from minitoddler.distributed import init_distributed
+from minitoddler.startup import end_run
 from minitoddler.trainer import Progress, StopFlag, check_finite, NonFiniteLoss, save_or_stop
 ddp, _ = init_distributed("cpu")
 stop = StopFlag()
@@ -122,7 +135,7 @@ except NonFiniteLoss as e:
     finite = str(e).split(";")[0]
 # one file per rank: two processes printing to one pipe can interleave their lines
 open(f"{out}/rank{{ddp.rank}}", "w").write(f"rank {{ddp.rank}}: ending {{ending}}, saved {{saved}}, {{finite}}")
-torch.distributed.destroy_process_group()  # leaving gloo up at exit can abort the process
+end_run()
 '''
 
 
@@ -131,10 +144,7 @@ def test_a_stop_or_a_nan_in_one_process_reaches_every_process(tmp_path):
     both stop (one process leaving alone would leave the other waiting in an all-reduce until a timeout)."""
     script = tmp_path / "ddp_stop.py"
     script.write_text(DDP_SCRIPT.format(repo=str(REPO), out=str(tmp_path)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--standalone", str(script)], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    torchrun_two(script, tmp_path / "logs")
     lines = [(tmp_path / f"rank{rank}").read_text() for rank in (0, 1)]
     assert lines == ["rank 0: ending True, saved [3], loss is nan at step 3",
                      "rank 1: ending True, saved [3], loss is NaN/inf in another process at step 3"]
@@ -146,6 +156,7 @@ sys.path.insert(0, {repo!r})
 from minitoddler.config import preset
 from minitoddler.distributed import init_distributed
 from minitoddler.model import ToddlerLM
+from minitoddler.startup import end_run
 from minitoddler.train_state import load_checkpoint, save_checkpoint
 from minitoddler.trainer import make_optimizer
 ddp, _ = init_distributed("cpu")
@@ -158,7 +169,7 @@ else:
     load_checkpoint({ckpt!r}, model, opt)
 # one file per rank: two processes printing to one pipe can interleave their lines
 open(f"{out}/{{sys.argv[1]}}{{ddp.rank}}", "w").write(f"rank {{ddp.rank}}: {{torch.rand(3).tolist()}}")
-torch.distributed.destroy_process_group()  # leaving gloo up at exit can abort the process
+end_run()
 '''
 
 
@@ -167,12 +178,9 @@ def test_each_process_resumes_its_own_random_state(tmp_path):
     to be rank 0's for everyone)."""
     script = tmp_path / "ddp_rng.py"
     script.write_text(RNG_SCRIPT.format(repo=str(REPO), ckpt=str(tmp_path / "ck"), out=str(tmp_path)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def run(phase):
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                               str(script), phase], env=env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-2000:]
+        torchrun_two(script, tmp_path / f"logs_{phase}", phase)
         return [(tmp_path / f"{phase}{rank}").read_text() for rank in (0, 1)]
 
     saved, resumed = run("save"), run("load")
