@@ -69,6 +69,39 @@ class PretrainConfig:
                                   # or babylm (1M, 2M, ..., 10M, 20M, ..., 100M); needs shards with word counts
 
 
+
+@dataclass
+class WordMarks:
+    """--save-at-words during a run: the word counts still to cross, the training words seen so far (exact,
+    from the loader's data position, after a resume too) and the checkpoints this run wrote."""
+    marks: list[int]
+    out: Path
+    words: int = 0
+    written: list[str] = field(default_factory=list)
+
+    def start(self, loader: TokenLoader, batches: int) -> None:
+        """Words seen at the start (the marks passed before a resume stay done) and the plan, said once."""
+        if not self.marks:
+            return
+        self.words, last = loader.words_seen(), loader.words_after(batches)
+        late = [checkpoint_dir(self.out, m).name for m in self.marks if m > last]
+        print0(f"--save-at-words: {sum(self.words < m <= last for m in self.marks)} checkpoint(s) to write; this run "
+               f"ends at {last:,} words" + (f", before {', '.join(late)} (not written)" if late else ""))
+
+    def after_step(self, done: int, loader: TokenLoader, write) -> None:
+        """Call write(done, mark, words) for each mark optimizer step `done` carried the count past."""
+        if not self.marks:
+            return
+        before, self.words = self.words, loader.words_seen()
+        for mark in (m for m in self.marks if before < m <= self.words):
+            write(done, mark, self.words)
+            self.written.append(f"{checkpoint_dir(self.out, mark).name} (step {done})")
+
+    def report(self) -> None:
+        if self.marks:
+            print0(f"words checkpoints written in this run: {', '.join(self.written) or 'none'} "
+                   f"({self.words:,} words seen)")
+
 def token_byte_lengths(tokenizer_dir: Path, vocab_size: int) -> torch.Tensor:
     """UTF-8 bytes each token stands for (0 for special tokens), for bits per byte. With byte-level
     BPE every character of a vocabulary entry is one byte."""
@@ -162,8 +195,8 @@ def train_step(train_model, loss_fn, model, optimizer, loader: TokenLoader, accu
 
 
 def main(cfg: PretrainConfig) -> Path:
-    marks = parse_marks(cfg.save_at_words) if cfg.save_at_words else []
     ddp, device, out = start_run(cfg.device, cfg.out, cfg.seed)
+    marks = WordMarks(parse_marks(cfg.save_at_words) if cfg.save_at_words else [], out)
     precision = resolve_dtype(cfg.dtype, device)
     model = model_from_arg(cfg.model, device)
     seq_len = cfg.seq_len or model.cfg.max_position_embeddings
@@ -182,12 +215,7 @@ def main(cfg: PretrainConfig) -> Path:
         state = resume_checkpoint(ckpt_dir, model, optimizer, is_main=ddp.is_main)
         start = state["step"]
         loader.load_state_dict(state["loader"])
-    words = loader.words_seen() if marks else 0  # training words so far; the marks crossed before a resume stay done
-    if marks:
-        last = loader.words_after(cfg.steps * accum)
-        late = [checkpoint_dir(out, m).name for m in marks if m > last]
-        print0(f"--save-at-words: {sum(words < m <= last for m in marks)} checkpoint(s) to write; this run ends at "
-               f"{last:,} words" + (f", before {', '.join(late)} (not written)" if late else ""))
+    marks.start(loader, cfg.steps * accum)
 
     train_model = wrap_for_training(model, ddp, device, compile=False)
     loss_fn = torch.compile(next_token_loss) if compile_on(cfg.compile, device) else next_token_loss
@@ -204,15 +232,11 @@ def main(cfg: PretrainConfig) -> Path:
         save_checkpoint(ckpt_dir, model, optimizer, step, {"loader": loader.state_dict(), "config": asdict(cfg)},
                         tokenizer=data.tokenizer_dir)
 
-    written = []
-
-    def save_marks(done: int, before: int, now: int) -> None:  # --save-at-words: the marks this step crossed
-        for mark in (m for m in marks if before < m <= now):
-            if ddp.is_main:
-                path = save_words_checkpoint(model, out, mark, data.tokenizer_dir, {
-                    "words_seen": now, "step": done, "tokens_seen": done * cfg.batch_tokens})
-                progress.note(f"step {done}: {now:,} words seen: wrote {path}")
-            written.append(f"{checkpoint_dir(out, mark).name} (step {done})")
+    def save_mark(done: int, mark: int, words: int) -> None:  # --save-at-words: the main process writes
+        if ddp.is_main:
+            path = save_words_checkpoint(model, out, mark, data.tokenizer_dir, {
+                "words_seen": words, "step": done, "tokens_seen": done * cfg.batch_tokens})
+            progress.note(f"step {done}: {words:,} words seen: wrote {path}")
 
     def validate(done: int) -> tuple[float, float]:
         val = TokenLoader(data.shards, "val", data.val_batch, seq_len, cfg.seed, ddp.rank, ddp.world_size)
@@ -237,22 +261,19 @@ def main(cfg: PretrainConfig) -> Path:
             tok_s = cfg.batch_tokens / dt
             mfu = flops_per_step / dt / (peak * ddp.world_size)  # the global batch's FLOPs over all GPUs' peak
             progress.update(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
-            if marks:
-                words, before = loader.words_seen(), words
-                save_marks(done, before, words)
+            marks.after_step(done, loader, save_mark)
             if due(done, cfg.log_every, cfg.steps):
                 log.write(step=done, loss=loss, lr=lr, grad_norm=grad_norm, tok_s=tok_s, mfu=mfu,
-                          tokens=done * cfg.batch_tokens, time=progress.elapsed, **({"words": words} if marks else {}))
+                          tokens=done * cfg.batch_tokens, time=progress.elapsed,
+                          **({"words": marks.words} if marks.marks else {}))
                 progress.log(done, loss=loss, lr=lr, tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
             if due(done, cfg.eval_every, cfg.steps):
                 val_loss, val_bpb = validate(done)
             if save_or_stop(done, cfg.steps, cfg.save_every, stop, save, progress, ddp.is_main, out):
-                if marks:
-                    print0(f"words checkpoints written in this run: {', '.join(written) or 'none'} ({words:,} words)")
+                marks.report()
                 return ckpt_dir
     progress.close()
-    if marks:
-        print0(f"words checkpoints written in this run: {', '.join(written) or 'none'} ({words:,} words seen)")
+    marks.report()
     final = out / "final"
     if ddp.is_main:
         save_model(model, final, tokenizer=data.tokenizer_dir)
