@@ -42,8 +42,13 @@ todo "$W/final/ewok.done" && $F --task ewok --data "$B/fast_eval/ewok_fast.zip" 
     && touch "$W/final/ewok.done"
 todo "$W/final/zorro.done" && $F --task zorro --data "$SHARED/eval/zorro" && touch "$W/final/zorro.done"
 D=$SHARED/eval/dialogue-minimal-pairs
-todo "$W/final/dialogue.done" && $F --task dialogue --data "$D/dialogue_eval_words.json" && touch "$W/final/dialogue.done"
+DIALOGUE="$D/dialogue_eval_words.json $D/tok_pairs_no_overlap_1.csv"
+todo "$W/final/dialogue.done" && $F --task dialogue --data $DIALOGUE && touch "$W/final/dialogue.done"
 todo "$W/lexical.csv" && $PY -m minitoddler.evals.lexical --words "$SHARED/aoa/babylm_cdi_aoa_word_list.csv" \
     --out "$W/lexical.csv"
 todo "$W/final/lexical.done" && $F --task lexical --data "$W/lexical.csv" && touch "$W/final/lexical.done"
-$PY eval.py --compare "$W/final"
+# 5. Zorro and the dialogue pairs as the llamalogue paper scored them (minicons: no BOS, first token unscored)
+M="$PY eval.py --model $W/small/final --device cpu --out $W/final_minicons --convention minicons"
+todo "$W/final_minicons/zorro.done" && $M --task zorro --data "$SHARED/eval/zorro" && touch "$W/final_minicons/zorro.done"
+todo "$W/final_minicons/dialogue.done" && $M --task dialogue --data $DIALOGUE && touch "$W/final_minicons/dialogue.done"
+$PY eval.py --compare "$W/final" "$W/traj/chck_1M" "$W/final_minicons"
