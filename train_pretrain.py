@@ -69,7 +69,6 @@ class PretrainConfig:
                                   # or babylm (1M, 2M, ..., 10M, 20M, ..., 100M); needs shards with word counts
 
 
-
 @dataclass
 class WordMarks:
     """--save-at-words during a run: the word counts still to cross, the training words seen so far (exact,
@@ -101,6 +100,7 @@ class WordMarks:
         if self.marks:
             print0(f"words checkpoints written in this run: {', '.join(self.written) or 'none'} "
                    f"({self.words:,} words seen)")
+
 
 def token_byte_lengths(tokenizer_dir: Path, vocab_size: int) -> torch.Tensor:
     """UTF-8 bytes each token stands for (0 for special tokens), for bits per byte. With byte-level
