@@ -150,6 +150,30 @@ def test_a_stop_or_a_nan_in_one_process_reaches_every_process(tmp_path):
                      "rank 1: ending True, saved [3], loss is NaN/inf in another process at step 3"]
 
 
+END_SCRIPT = '''
+import sys, time
+sys.path.insert(0, {repo!r})
+from minitoddler.distributed import init_distributed
+from minitoddler.startup import end_run
+ddp, _ = init_distributed("cpu")
+if ddp.rank == 0:
+    time.sleep(1.5)  # the main process still writing its final model
+    open(f"{out}/main_ends", "w").write(repr(time.time()))
+end_run()
+open(f"{out}/left{{ddp.rank}}", "w").write(repr(time.time()))
+'''
+
+
+def test_no_process_leaves_before_the_main_one_is_done(tmp_path):
+    """end_run: every process waits for the others before leaving the process group (a process tearing
+    gloo down while the main one still wrote its checkpoint aborted at exit in CI)."""
+    script = tmp_path / "ddp_end.py"
+    script.write_text(END_SCRIPT.format(repo=str(REPO), out=str(tmp_path)))
+    torchrun_two(script, tmp_path / "logs")
+    main_ends = float((tmp_path / "main_ends").read_text())
+    assert float((tmp_path / "left1").read_text()) >= main_ends
+
+
 RNG_SCRIPT = '''
 import sys, torch
 sys.path.insert(0, {repo!r})
